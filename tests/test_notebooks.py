@@ -51,6 +51,10 @@ def test_student_notebook_fails_only_in_todo_and_graded_cells(src: Path):
         where = f"{src.name} cell {index} ({kind} {cell.metadata.get('course', {}).get('id', '')})"
         if kind in ("todo", "graded"):
             # A todo cell exercises the stub it defines; its graded cell calls the stub too.
-            assert errors == ["NotImplementedError"], f"{where}: expected NotImplementedError, got {errors}"
+            assert errors == ["NotImplementedError"], (
+                f"{where}: expected NotImplementedError, got {errors}"
+            )
         else:
-            assert errors == [], f"{where}: demo cells must run on the reference library, got {errors}"
+            assert errors == [], (
+                f"{where}: demo cells must run on the reference library, got {errors}"
+            )
