@@ -16,8 +16,14 @@ from .config import DEFAULT_SEED, REPO_ROOT
 def _build_data(args: argparse.Namespace) -> int:
     from .data import build_embedded_dataset, ensure_embedded_dataset
 
-    if args.force or args.out:
-        path = build_embedded_dataset(args.out, seed=args.seed, image_size=args.size, progress=True)
+    if args.force or args.out or args.max_studies:
+        path = build_embedded_dataset(
+            args.out,
+            seed=args.seed,
+            image_size=args.size,
+            progress=True,
+            max_studies=args.max_studies,
+        )
     else:
         path = ensure_embedded_dataset(image_size=args.size, seed=args.seed)
     print(f"embedded dataset: {path}")
@@ -78,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--seed", type=int, default=DEFAULT_SEED)
     cmd.add_argument("--out", type=Path, default=None, help="default: the data cache")
     cmd.add_argument("--force", action="store_true")
+    cmd.add_argument("--max-studies", type=int, default=None, help="a small subset (smoke tests)")
 
     cmd = add(
         "label", _label, "CheXpert-style labels for a CSV of reports (chexpert-labeler drop-in)"
