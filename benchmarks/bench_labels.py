@@ -9,45 +9,16 @@ the CPU time of that pass alongside the wall time.
 from __future__ import annotations
 
 import json
-import sys
-import tarfile
 import time
-import xml.etree.ElementTree as ET
-from importlib import metadata
-from pathlib import Path
 
 REPEATS = 3
 TARGET_REPORTS_PER_SECOND = 5000
 
 
-def _iu_reports_from_wheel() -> list[str]:
-    """Findings + impression read straight from ``NLMCXR_reports.tgz`` (fallback when
-    ``course_utils.data.load_iu_reports`` is unavailable)."""
-    dist = metadata.distribution("torchxrayvision")
-    path = Path(str(dist.locate_file("torchxrayvision/data/NLMCXR_reports.tgz")))
-    reports: list[tuple[int, str]] = []
-    with tarfile.open(path, "r:*") as tar:
-        for member in tar:
-            if not (member.isfile() and member.name.endswith(".xml")):
-                continue
-            handle = tar.extractfile(member)
-            assert handle is not None
-            root = ET.fromstring(handle.read())
-            uid = int((root.find("uId").get("id") or "CXR0")[3:])  # type: ignore[union-attr]
-            sections = {"FINDINGS": "", "IMPRESSION": ""}
-            for node in root.iter("AbstractText"):
-                if node.get("Label") in sections:
-                    sections[node.get("Label")] = " ".join("".join(node.itertext()).split())
-            reports.append((uid, f"{sections['FINDINGS']} {sections['IMPRESSION']}".strip()))
-    return [text for _, text in sorted(reports)]
-
-
 def load_reports() -> tuple[list[str], str]:
     """Every IU report as ``findings + " " + impression`` (sorted by uid) and its source."""
-    try:
-        from course_utils.data import load_iu_reports
-    except ImportError:
-        return _iu_reports_from_wheel(), "NLMCXR_reports.tgz (read directly)"
+    from course_utils.data import load_iu_reports
+
     frame = load_iu_reports()
     texts = (frame["findings"] + " " + frame["impression"]).str.strip().tolist()
     return texts, "course_utils.data.load_iu_reports"
@@ -84,5 +55,4 @@ bench_labels = bench_labeler
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     print(json.dumps(bench_labeler(), indent=2))

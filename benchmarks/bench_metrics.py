@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
-import tarfile
 import time
-import xml.etree.ElementTree as ET
-from importlib import metadata
-from pathlib import Path
 
 import numpy as np
 
@@ -23,36 +19,12 @@ N_BERTSCORE_PAIRS = 256
 SEED = 0
 
 
-def _iu_findings_from_wheel() -> list[str]:
-    """Findings texts read straight from ``NLMCXR_reports.tgz`` (used when course_utils.data
-    has no ``load_iu_reports``)."""
-    dist = metadata.distribution("torchxrayvision")
-    path = Path(str(dist.locate_file("torchxrayvision/data/NLMCXR_reports.tgz")))
-    texts: list[tuple[int, str]] = []
-    with tarfile.open(path, "r:*") as tar:
-        for member in tar:
-            if not (member.isfile() and member.name.endswith(".xml")):
-                continue
-            handle = tar.extractfile(member)
-            assert handle is not None
-            root = ET.fromstring(handle.read())
-            uid = (root.find("uId").get("id") or "CXR0")[3:]  # type: ignore[union-attr]
-            for node in root.iter("AbstractText"):
-                if node.get("Label") == "FINDINGS":
-                    texts.append((int(uid), " ".join("".join(node.itertext()).split())))
-    return [text for _, text in sorted(texts)]
-
-
 def load_findings() -> tuple[list[str], str]:
     """Non-empty IU findings, sorted by uid, and where they came from."""
-    try:
-        from course_utils.data import load_iu_reports
+    from course_utils.data import load_iu_reports
 
-        frame = load_iu_reports()
-        texts, source = frame["findings"].tolist(), "course_utils.data.load_iu_reports"
-    except ImportError:
-        texts, source = _iu_findings_from_wheel(), "NLMCXR_reports.tgz (read directly)"
-    return [t for t in texts if t.strip()], source
+    texts = load_iu_reports()["findings"].tolist()
+    return [t for t in texts if t.strip()], "course_utils.data.load_iu_reports"
 
 
 def _timed(fn, *args, **kwargs):
