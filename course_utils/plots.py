@@ -204,7 +204,7 @@ def plot_per_label_f1(
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel("F1 (label positive in generated vs reference report)")
-    ax.set_title(title)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title, pad=12 + 14 * ((n_systems + 1) // 2))
+    ax.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2, frameon=False)
     fig.tight_layout()
     return fig
