@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import platform
 import sys
 import time
@@ -41,11 +42,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.only and name not in args.only:
             continue
         print(f"== {name}", flush=True)
+        load_before = os.getloadavg()[0]
         start = time.perf_counter()
         result = load_bench(name, path)()
         result["bench_seconds"] = round(time.perf_counter() - start, 2)
         result["measured_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        result["machine"] = f"{platform.machine()} {platform.processor() or ''}".strip()
+        result["machine"] = f"{platform.machine()} {os.cpu_count()} cores"
+        # Wall-clock figures depend on what else runs: keep the 1-minute load average beside them.
+        result["load_average_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
         print(json.dumps(result, indent=2), flush=True)
         results[name] = result
     RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
