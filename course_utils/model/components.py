@@ -186,12 +186,11 @@ def build_vision_encoder(config: ModelConfig, load_weights: bool = True) -> PreT
     checkpoint = config.vision_checkpoint
     if load_weights and checkpoint is not None:
         if checkpoint == COURSE_ENCODER:
-            from .encoder import ensure_pretrained_encoder
+            from .encoder import ensure_pretrained_encoder, load_pretrained_encoder
 
             image_size = int(config.vision_config.get("image_size", 128))
-            checkpoint = str(
-                ensure_pretrained_encoder(image_size=image_size, seed=config.encoder_seed)
-            )
+            path = ensure_pretrained_encoder(image_size=image_size, seed=config.encoder_seed)
+            return load_pretrained_encoder(path)  # ViTModel.from_pretrained
         return model_cls.from_pretrained(checkpoint, **kwargs)
     if load_weights and checkpoint is None:
         logger.warning("vision encoder built from config with RANDOM weights (tests only)")

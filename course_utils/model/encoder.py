@@ -533,7 +533,15 @@ def load_pretrained_encoder(
         raise FileNotFoundError(f"no pretrained encoder at {path} (config.json missing)")
     if with_head:
         return ViTForImageClassification.from_pretrained(path)
-    return ViTModel.from_pretrained(path, add_pooling_layer=False)
+    from transformers.utils import logging as hf_logging
+
+    # The checkpoint holds the pretraining classifier too; dropping it is expected, not news.
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return ViTModel.from_pretrained(path, add_pooling_layer=False)
+    finally:
+        hf_logging.set_verbosity(previous)
 
 
 def load_pretraining_metrics(path: str | os.PathLike) -> dict[str, Any]:
