@@ -24,6 +24,7 @@ $(STAMP): pyproject.toml
 
 data: setup
 	$(PY) -m course_utils build-data
+	$(PY) -m course_utils pretrain-encoder
 
 run: data
 	$(PY) -m course_utils run

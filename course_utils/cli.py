@@ -58,6 +58,14 @@ def _run(args: argparse.Namespace) -> int:
     return run_main(argv)
 
 
+def _pretrain_encoder(args: argparse.Namespace) -> int:
+    from .model.encoder import main as encoder_main
+
+    argv = ["--size", str(args.size), "--seed", str(args.seed)]
+    argv += ["--epochs", str(args.epochs)] if args.epochs is not None else []
+    return encoder_main(argv + (["--force"] if args.force else []))
+
+
 def _bench(args: argparse.Namespace) -> int:
     import runpy
 
@@ -85,6 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--out", type=Path, default=None, help="default: the data cache")
     cmd.add_argument("--force", action="store_true")
     cmd.add_argument("--max-studies", type=int, default=None, help="a small subset (smoke tests)")
+
+    cmd = add(
+        "pretrain-encoder",
+        _pretrain_encoder,
+        "pretrain the course's ViT encoder on the embedded data (cached; --force rebuilds)",
+    )
+    cmd.add_argument("--size", type=int, default=128, help="image side in pixels")
+    cmd.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    cmd.add_argument("--epochs", type=int, default=None, help="default: the course recipe's")
+    cmd.add_argument("--force", action="store_true")
 
     cmd = add(
         "label", _label, "CheXpert-style labels for a CSV of reports (chexpert-labeler drop-in)"

@@ -12,6 +12,8 @@ model weights and data come from:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import platform
 import random
@@ -143,6 +145,23 @@ def runs_dir() -> Path:
     path = Path(os.environ.get("COURSE_RUNS_DIR", REPO_ROOT / "runs")).resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@contextlib.contextmanager
+def cache_lock(name: str):
+    """Hold an exclusive lock ``<data cache>/.locks/<name>.lock`` while building a cached artifact.
+
+    Two notebooks (or a notebook and ``make test``) that find the same artifact missing would
+    otherwise both build it; with the lock the second waits and then finds it built.
+    """
+    locks = data_cache_dir() / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def in_colab() -> bool:

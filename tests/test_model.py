@@ -6,6 +6,7 @@ plumbing; the course's real tiny encoder is pretrained, see test_fit_encoder_*).
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -537,7 +538,10 @@ def test_pretrain_save_and_load_like_a_checkpoint(tmp_path, monkeypatch, tok):
 
 def test_ensure_pretrained_encoder_builds_once(tmp_path, monkeypatch):
     import course_utils.data as data
+    from course_utils.data.embedded import EMBEDDED_VERSION
     from course_utils.model import encoder as enc
+
+    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path / "data"))  # locks live there
 
     calls = []
 
@@ -545,8 +549,11 @@ def test_ensure_pretrained_encoder_builds_once(tmp_path, monkeypatch):
         calls.append(out_dir)
         for name in ("config.json", "model.safetensors"):
             (out_dir / name).write_text("{}")
-        (out_dir / enc.METRICS_NAME).write_text(f'{{"encoder_version": {version[0]}}}')
+        (out_dir / enc.METRICS_NAME).write_text(stamp(version[0]))
         return {"test_macro_auroc": 1.0}
+
+    def stamp(encoder_version: int, data_version: str = EMBEDDED_VERSION) -> str:
+        return json.dumps({"encoder_version": encoder_version, "data_version": data_version})
 
     version = [enc.ENCODER_VERSION]
 
@@ -558,9 +565,56 @@ def test_ensure_pretrained_encoder_builds_once(tmp_path, monkeypatch):
     assert len(calls) == 1 and (target / "config.json").is_file()
     assert not [p for p in target.parent.iterdir() if p.name.startswith(".")]  # temp dir removed
     version[0] = enc.ENCODER_VERSION - 1  # a cache from an older recipe is rebuilt
-    (target / enc.METRICS_NAME).write_text(f'{{"encoder_version": {version[0]}}}')
+    (target / enc.METRICS_NAME).write_text(stamp(version[0]))
     enc.ensure_pretrained_encoder(out_dir=target)
     assert len(calls) == 2
+    version[0] = enc.ENCODER_VERSION  # ... and so is one built from older embedded data
+    (target / enc.METRICS_NAME).write_text(stamp(version[0], "stale-data"))
+    enc.ensure_pretrained_encoder(out_dir=target)
+    enc.ensure_pretrained_encoder(out_dir=target)
+    assert len(calls) == 3
+
+
+def test_oversample_weights_lift_rare_labels_to_the_median():
+    from course_utils.model.encoder import _oversample_weights
+
+    # label 0: 8 positives, label 1: 2 positives, label 2: 4 -> median 4
+    pos = torch.zeros(12, 3)
+    pos[:8, 0] = 1
+    pos[8:10, 1] = 1
+    pos[:4, 2] = 1
+    w = _oversample_weights(pos, cap=10.0)
+    raw = w / w.min()
+    assert torch.allclose(raw[8:10], torch.tensor([2.0, 2.0]))  # 4 / 2
+    assert torch.allclose(raw[:8], torch.ones(8))  # common or at-median labels: weight 1
+    assert torch.allclose(raw[10:], torch.ones(2))  # no positives: weight 1
+    assert torch.isclose(w.sum(), torch.tensor(1.0))
+    assert _oversample_weights(pos, cap=1.0) is None
+    capped = _oversample_weights(pos, cap=1.5)
+    assert torch.isclose(capped[8] / capped[0], torch.tensor(1.5))
+
+
+def test_rerender_rare_positives_adds_labelled_images_with_boxes():
+    from course_utils.labels import CHEXPERT_LABELS
+    from course_utils.model.encoder import rerender_rare_positives
+
+    n = 6
+    labels = torch.full((n, 14), float("nan"))
+    labels[:, 0] = 1.0
+    labels[0, 0], labels[0, 9] = float("nan"), 1.0  # one pneumothorax among six studies
+    data = {
+        "labels": labels,
+        "reports": ["There is a large left pneumothorax."] + ["The lungs are clear."] * 5,
+        "metadata": [{"dicom_id": f"d{i}", "sex": "F"} for i in range(n)],
+    }
+    px, lab, boxes, ids = rerender_rare_positives(data, CHEXPERT_LABELS, 64, min_positives=4)
+    # "No Finding" has 5 positives >= 4: not re-rendered; pneumothorax: ceil(4 / 1) - 1 = 3 copies
+    assert px.shape == (3, 1, 64, 64) and len(ids) == 3
+    assert float(px.min()) >= 0 and float(px.max()) <= 1
+    assert torch.equal(lab.nan_to_num(-9), labels[[0, 0, 0]].nan_to_num(-9))  # same labels
+    ptx = boxes[boxes.label == "Pneumothorax"]
+    assert set(ptx.dicom_id) == set(ids) and set(ptx.laterality) == {"left"}
+    assert not torch.equal(px[0], px[1])  # new patient / acquisition each time
 
 
 # ---------------------------------------------------------------------- Qwen2-VL / LoRA

@@ -60,7 +60,7 @@ from .phantom import (
 PathLike = str | os.PathLike
 
 #: Bump when the generator changes what it writes: cached builds with another version rebuild.
-EMBEDDED_VERSION = "1"
+EMBEDDED_VERSION = "2"  # 2: larger nodules, clearer rib fractures and pneumothorax rims
 MARKER = "embedded_dataset.json"
 FINDINGS_CSV = "phantom_findings.csv"
 ACQUISITION_CSV = "phantom_acquisition.csv"
@@ -287,6 +287,7 @@ def build_embedded_dataset(
     workers: int | None = None,
     subgroup_effects: SubgroupEffects | None = None,
     reports: pd.DataFrame | None = None,
+    only_splits: Sequence[str] | None = None,
 ) -> Path:
     """Build the embedded dataset (MIMIC-CXR-JPG layout, phantom images) and return its folder.
 
@@ -301,6 +302,10 @@ def build_embedded_dataset(
             ``{"race": {"ASIAN": {"exposure": 0.15}}}`` (keys ``exposure``, ``noise``,
             ``rotation_deg``); ``None`` = no effect (the default dataset).
         reports: IU reports table (default :func:`load_iu_reports` on the wheel's archive).
+        only_splits: write only the studies of these splits (``"train"``, ``"validate"``,
+            ``"test"``), e.g. ``("test",)`` to rebuild a test set with ``subgroup_effects``
+            in a fifth of the time (notebook 09). Patients, splits, ids, dates and images are
+            those of the full build (a pure filter); ``None`` (default) writes every split.
 
     Returns:
         The dataset folder (with ``embedded_dataset.json`` written last as the completion mark).
@@ -310,6 +315,13 @@ def build_embedded_dataset(
     from ..labels import CHEXPERT_LABELS, label_report
 
     out_dir = Path(out_dir) if out_dir is not None else default_embedded_dir(image_size, seed)
+    if only_splits is not None:
+        only_splits = tuple(only_splits)
+        unknown = sorted(set(only_splits) - set(SPLIT_FRACTIONS))
+        if unknown or not only_splits:
+            raise ValueError(
+                f"only_splits must name some of {tuple(SPLIT_FRACTIONS)}, got {list(only_splits)}"
+            )
     table = reports if reports is not None else load_iu_reports()
     table = table[table["findings"].str.strip() != ""].reset_index(drop=True)
     if max_studies is not None:
@@ -339,8 +351,11 @@ def build_embedded_dataset(
     if partial.exists():
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
+    keep = [i for i in range(len(table)) if only_splits is None or owner[i][1] in only_splits]
+    if not keep:
+        raise ValueError(f"no study falls in the splits {list(only_splits or ())}")
     jobs = []
-    for i in range(len(table)):
+    for i in keep:
         patient, _ = owner[i]
         effects = tuple(sorted(_effects_for(patient, subgroup_effects).items()))
         jobs.append(
@@ -356,18 +371,20 @@ def build_embedded_dataset(
                 str(partial),
             )  # fmt: skip
         )
-    results = _run_jobs(jobs, workers, progress, tqdm)
+    results = dict(zip(keep, _run_jobs(jobs, workers, progress, tqdm), strict=True))
 
     split_rows, meta_rows, find_rows, acq_rows = [], [], [], []
     dates = np.random.default_rng([seed, 16])
-    for i, rows in enumerate(results):
+    for i in range(len(table)):
         patient, split = owner[i]
         study = study_ids[i]
         day = 21100101 + int(dates.integers(0, 80)) * 10000 + int(dates.integers(0, 12)) * 100
         day += int(dates.integers(0, 28))
         clock = f"{int(dates.integers(0, 24)):02d}{int(dates.integers(0, 60)):02d}"
         clock += f"{int(dates.integers(0, 60)):02d}.{int(dates.integers(0, 1000)):03d}"
-        for row in rows:
+        if i not in results:  # dates are drawn for every study so a filtered build keeps them
+            continue
+        for row in results[i]:
             pa = row["view"] == "PA"
             split_rows.append((row["dicom_id"], study, patient.subject_id, split))
             meta_rows.append(
@@ -430,17 +447,18 @@ def build_embedded_dataset(
     write(FINDINGS_CSV, ["dicom_id", "label", "status", "laterality", "severity",
                          "x0", "y0", "x1", "y1"], find_rows)  # fmt: skip
     chex = [
-        (owner[i][0].subject_id, study_ids[i], *[_fmt_label(v) for v in values[i]])
-        for i in range(len(table))
+        (owner[i][0].subject_id, study_ids[i], *[_fmt_label(v) for v in values[i]]) for i in keep
     ]
     chex.sort(key=lambda r: (r[0], r[1]))
     write(CHEXPERT_CSV, ["subject_id", "study_id", *CHEXPERT_LABELS], chex)
+    kept_patients = {owner[i][0].subject_id for i in keep}
     write(PATIENTS_CSV, ["subject_id", "age", "sex", "race"],
-          sorted((p.subject_id, p.age, p.sex, p.race) for p in patients))  # fmt: skip
+          sorted((p.subject_id, p.age, p.sex, p.race) for p in patients
+                 if p.subject_id in kept_patients))  # fmt: skip
     write(IU_SOURCE_CSV, ["study_id", "iu_uid"],
-          sorted((study_ids[i], table.uid.iat[i]) for i in range(len(table))))  # fmt: skip
+          sorted((study_ids[i], table.uid.iat[i]) for i in keep))  # fmt: skip
 
-    counts = {s: sum(1 for i in owner if owner[i][1] == s) for s in SPLIT_FRACTIONS}
+    counts = {s: sum(1 for i in keep if owner[i][1] == s) for s in SPLIT_FRACTIONS}
     info = {
         "name": "course embedded dataset (IU X-ray reports + phantom images)",
         "version": EMBEDDED_VERSION,
@@ -448,17 +466,21 @@ def build_embedded_dataset(
         "image_size": image_size,
         "max_studies": max_studies,
         "subgroup_effects": subgroup_effects or {},
-        "studies": len(table),
-        "images": 2 * len(table),
-        "patients": len(patients),
+        "studies": len(keep),
+        "images": 2 * len(keep),
+        "patients": len(kept_patients),
         "studies_per_split": counts,
-        "positives": {lab: int((values[:, k] == 1).sum()) for k, lab in enumerate(CHEXPERT_LABELS)},
+        "positives": {
+            lab: int((values[keep, k] == 1).sum()) for k, lab in enumerate(CHEXPERT_LABELS)
+        },
         "uncertain": {
-            lab: int((values[:, k] == -1).sum()) for k, lab in enumerate(CHEXPERT_LABELS)
+            lab: int((values[keep, k] == -1).sum()) for k, lab in enumerate(CHEXPERT_LABELS)
         },
         "synthetic": "images, patient grouping, age/sex/race, dates and ids are synthetic; "
         "report text is real (IU X-ray, CC BY-NC-ND 4.0)",
     }
+    if only_splits is not None:  # recorded only when set, so the default marker is unchanged
+        info["only_splits"] = list(only_splits)
     (partial / MARKER).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -514,8 +536,19 @@ def ensure_embedded_dataset(image_size: int = 128, seed: int = DEFAULT_SEED) -> 
             and info.get("image_size") == image_size
             and info.get("max_studies") is None
             and not info.get("subgroup_effects")
+            and not info.get("only_splits")
         ):
             return path
     except (FileNotFoundError, json.JSONDecodeError):
         pass
-    return build_embedded_dataset(path, seed=seed, image_size=image_size)
+    from ..config import cache_lock
+
+    with cache_lock(f"embedded-{image_size}-{seed}"):
+        try:  # built by another process while we waited?
+            info = read_embedded_info(path)
+            if info.get("version") == EMBEDDED_VERSION and not info.get("subgroup_effects"):
+                if info.get("max_studies") is None and info.get("seed") == seed:
+                    return path
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+        return build_embedded_dataset(path, seed=seed, image_size=image_size)

@@ -480,9 +480,10 @@ def _draw_frontal_findings(cv: _Canvas, specs: Sequence[FindingSpec], lungs: dic
             s = _sign(side)
             if label == "Lung Lesion":
                 cx_, cy_ = _lung_point(a, side, spec.u, spec.v)
-                r = (0.045 if spec.detail == "mass" else 0.026) * spec.scale
+                # >= 4 px radius at 128 px: a nodule must survive the encoder's 16 px patches
+                r = (0.055 if spec.detail == "mass" else 0.036) * spec.scale
                 blob = _soft(_ellipse_sdf(x, y, cx_, cy_, r, r * 0.92), 0.8 * px)
-                add += 0.42 * spec.intensity * blob
+                add += 0.5 * spec.intensity * blob
                 cv.record(spec, side, (cx_ - r, cy_ - r, cx_ + r, cy_ + r))
             elif label == "Lung Opacity":
                 cx_, cy_ = _lung_point(a, side, spec.u, spec.v)
@@ -728,7 +729,7 @@ def _frontal_density(cv: _Canvas, specs: Sequence[FindingSpec], texture: Array) 
         lung_union = np.maximum(lung_union, lung)
         if ptx is not None and side in _sides(ptx):
             s = _sign(side)
-            k = 1.0 - (0.11 + 0.13 * max(ptx.scale - 0.8, 0.0) / 0.45) * (0.6 + 0.4 * ptx.intensity)
+            k = 1.0 - (0.16 + 0.14 * max(ptx.scale - 0.8, 0.0) / 0.45) * (0.6 + 0.4 * ptx.intensity)
             hx, hy = a.cx + s * (a.med_hw + 0.03), a.hilum_y + 0.12
             sdf_c = _lung_sdf(a, hx + (x - hx) / k, hy + (y - hy) / k, side, widen) * k
             upper = _soft(y - (a.y_top + 0.6 * (_y_dia(a, side) - a.y_top)), 6 * px)
@@ -754,7 +755,7 @@ def _frontal_density(cv: _Canvas, specs: Sequence[FindingSpec], texture: Array) 
         vessels += pattern * np.exp(-r / 0.2) * lungs[side]
     vessels *= 1.0 - rim_all
     d -= 0.27 * lung_union
-    d -= 0.06 * rim_all  # the air rim is blacker than aerated lung
+    d -= 0.1 * rim_all  # the air rim is blacker than aerated lung
     d += 0.11 * vessels + 0.025 * texture * lung_union * (1.0 - rim_all)
     if a.female:  # faint breast shadows over the lower lung zones
         for side in ("right", "left"):
@@ -838,21 +839,21 @@ def _bones(cv: _Canvas, fracture: FindingSpec | None, body: Array) -> Array:
             broken = broken and i in (frac_rib, frac_rib + 1)  # two adjacent ribs
             if broken:
                 tf = a.thorax_hw * (0.78 + 0.12 * fracture.u)
-                step = 0.016 * fracture.intensity
+                step = 0.022 * fracture.intensity
                 centre = centre + step * (tw > tf)
             dist = np.abs(yw - centre) - a.rib_thick / 2
             rib = _soft(dist, px) * inw
             cortex = _soft(np.abs(dist + 0.002) - 0.002, px) * inw
             val = 0.07 * rib + 0.035 * cortex
             if broken:
-                gap = _soft(np.abs(tw - tf) - 0.007, px)
+                gap = _soft(np.abs(tw - tf) - 0.01, px)
                 val = val * (1 - gap * fracture.intensity)
                 fx = a.cx + _sign(side) * tf
                 fy = y0 - 0.08 * tf + a.rib_curve * tf * tf
                 slope = -0.08 + 2 * a.rib_curve * tf  # dy/dt along the rib
                 angle = math.atan(slope) * _sign(side)
-                callus = _gauss(xw, yw, fx, fy + 0.007, 0.034, 0.014, angle)
-                val = val + 0.38 * fracture.intensity * callus * (callus > 0.15)
+                callus = _gauss(xw, yw, fx, fy + 0.007, 0.04, 0.02, angle)
+                val = val + 0.6 * fracture.intensity * callus * (callus > 0.15)
                 # the displaced fragment runs to the end of the rib: the box covers it
                 far = a.cx + _sign(side) * (t_end + 0.005)
                 x_lo, x_hi = sorted((fx - _sign(side) * 0.045, far))
@@ -955,8 +956,8 @@ def _lateral_density(cv: _Canvas, specs: Sequence[FindingSpec], texture: Array) 
         xc = ant + 0.1 + rng.uniform(0.2, 0.75) * (sx - ant - 0.2)
         box = None
         if spec.label == "Lung Lesion":
-            r = (0.045 if spec.detail == "mass" else 0.026) * spec.scale
-            add += 0.4 * k * _soft(_ellipse_sdf(x, y, xc, yc, r, r), px)
+            r = (0.055 if spec.detail == "mass" else 0.036) * spec.scale
+            add += 0.45 * k * _soft(_ellipse_sdf(x, y, xc, yc, r, r), px)
             box = (xc - r, yc - r, xc + r, yc + r)
         elif spec.label in ("Lung Opacity", "Pneumonia"):
             sx_, sy_ = 0.06 * spec.scale, 0.045 * spec.scale

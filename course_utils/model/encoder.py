@@ -36,7 +36,7 @@ from .components import detection_targets
 from .configuration import TINY_VISION
 
 METRICS_NAME = "pretraining_metrics.json"
-ENCODER_VERSION = 2
+ENCODER_VERSION = 3
 """Bumped whenever the default recipe changes, so a cached encoder from an older one is rebuilt."""
 FINDING_BOXES_CSV = "phantom_findings.csv"
 IMAGE_MEAN, IMAGE_STD = 0.5, 0.5  # must match ModelConfig.tiny's normalisation
@@ -134,8 +134,11 @@ def predict_probs(
     """Sigmoid probabilities (N, K) of a pretrained classifier on [0, 1] images (N, 1, S, S)."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     out = [
-        torch.sigmoid(model(pixel_values=normalize_pixels(pixels[i : i + batch_size])).logits)
+        torch.sigmoid(
+            model(pixel_values=normalize_pixels(pixels[i : i + batch_size].to(device))).logits
+        ).cpu()
         for i in range(0, pixels.shape[0], batch_size)
     ]
     model.train(was_training)
@@ -287,9 +290,11 @@ def fit_encoder(
     weight_decay: float = 0.05,
     max_shift: int = 0,
     pos_weight_cap: float = 10.0,
+    oversample_cap: float = 10.0,
     seed: int = 42,
     progress: bool = True,
     label_names: Sequence[str] | None = None,
+    device: str | torch.device = "cpu",
 ) -> tuple[ViTForImageClassification, dict[str, Any]]:
     """Train a small ViT multi-label classifier on tensors.
 
@@ -310,6 +315,10 @@ def fit_encoder(
         max_shift: augmentation translation in pixels (0, the default, disables it: the phantom
             renderer already varies exposure, noise and rotation; not allowed with patch targets).
         pos_weight_cap: rare positives are up-weighted by min(neg/pos, cap) in the BCE.
+        oversample_cap: images are drawn with replacement, each weighted by the largest
+            ``min(cap, median positives / positives of k)`` over its positive labels, so a
+            label with a dozen positives is seen as often as a common one (1.0: plain shuffle).
+        device: where to train (``"cuda"`` on Colab); the returned model is on the CPU.
 
     Returns:
         (model in eval mode, history) with per-epoch ``train_loss`` and ``val_macro_auroc``,
@@ -367,26 +376,34 @@ def fit_encoder(
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    sample_weights = _oversample_weights(targets * mask, oversample_cap)
+    model.to(device)
+    if token_head is not None:
+        token_head.to(device)
     history: dict[str, Any] = {"train_loss": [], "val_macro_auroc": []}
     start = time.perf_counter()
     bar = tqdm(range(epochs), desc="pretrain encoder", disable=not progress)
     for _epoch in bar:
         model.train()
-        order = torch.randperm(n, generator=generator)
+        if sample_weights is None:
+            order = torch.randperm(n, generator=generator)
+        else:
+            order = torch.multinomial(sample_weights, n, replacement=True, generator=generator)
         losses = []
         for i in range(0, n, batch_size):
             idx = order[i : i + batch_size]
             x = pixels[idx].float()
             if max_shift > 0:
                 x = _augment(x, generator, max_shift)
-            logits, token_logits = _forward_with_tokens(model, token_head, normalize_pixels(x))
-            y, m = targets[idx], mask[idx]
+            x = normalize_pixels(x).to(device)
+            logits, token_logits = _forward_with_tokens(model, token_head, x)
+            y, m = targets[idx].to(device), mask[idx].to(device)
             per = F.binary_cross_entropy_with_logits(
-                logits, y, pos_weight=pos_weight, reduction="none"
+                logits, y, pos_weight=pos_weight.to(device), reduction="none"
             )
             loss = per[m].mean() if bool(m.any()) else logits.sum() * 0
             if token_logits is not None and patch_targets is not None:
-                pt = patch_targets[idx]
+                pt = patch_targets[idx].to(device)
                 known = ~torch.isnan(pt)
                 if bool(known.any()):
                     tok = F.binary_cross_entropy_with_logits(
@@ -407,8 +424,92 @@ def fit_encoder(
         else:
             bar.set_postfix(loss=f"{history['train_loss'][-1]:.3f}")
     history["train_seconds"] = time.perf_counter() - start
+    model.to("cpu")
     model.eval()
     return model, history
+
+
+def _oversample_weights(positives: torch.Tensor, cap: float) -> torch.Tensor | None:
+    """Per-image sampling weights (N,) that lift rare labels towards the median count.
+
+    ``positives`` is the (N, K) 0/1 matrix of known positives. ``None`` when ``cap <= 1``.
+    """
+    if cap <= 1.0:
+        return None
+    counts = positives.sum(0)
+    present = counts > 0
+    if not bool(present.any()):
+        return None
+    median = counts[present].median()
+    boost = (median / counts.clamp(min=1)).clamp(min=1.0, max=cap) * present
+    weights = (positives * boost).amax(dim=1).clamp(min=1.0)
+    return weights / weights.sum()
+
+
+def rerender_rare_positives(
+    data: dict[str, Any],
+    names: Sequence[str],
+    image_size: int,
+    min_positives: int = 96,
+    max_copies: int = 8,
+    seed: int = 42,
+) -> tuple[torch.Tensor, torch.Tensor, pd.DataFrame, list[str]]:
+    """Extra phantom renders of the training studies that carry a rare label.
+
+    A label with a dozen positive studies (pneumothorax in IU) cannot be learned from a dozen
+    images, however often they are repeated. The phantom renderer can do what a hospital
+    cannot: image the *same findings* again on another patient, exposure and noise. Each
+    training study whose rarest positive label has ``c < min_positives`` positives is rendered
+    ``min(max_copies, ceil(min_positives / c) - 1)`` more times (frontal view, new anatomy,
+    acquisition and texture seeds; same labels, so same report).
+
+    Args:
+        data: the training split (``load_mimic_cxr_dataset`` dict with ``reports``, ``labels``
+            and ``metadata``).
+        names: label names, aligned with the columns of ``data["labels"]``.
+        image_size: render side in pixels.
+
+    Returns:
+        ``(pixels (M, 1, S, S), labels (M, K), boxes, dicom_ids)``: the new images, their
+        labels, finding boxes in ``phantom_findings.csv`` form and made-up ids (M may be 0).
+    """
+    from ..data.phantom import render_phantom, resolve_findings, sample_acquisition, sample_anatomy
+    from ..labels import label_report
+
+    labels = torch.as_tensor(np.asarray(data["labels"]), dtype=torch.float32)
+    positives = labels == 1.0
+    counts = positives.sum(0)
+    copies = torch.zeros(labels.shape[0], dtype=torch.long)
+    for k in range(labels.shape[1]):
+        c = int(counts[k])
+        if 0 < c < min_positives:
+            extra = min(max_copies, math.ceil(min_positives / c) - 1)
+            copies[positives[:, k]] = torch.clamp(copies[positives[:, k]], min=extra)
+    images, rows, new_labels, ids = [], [], [], []
+    for i in torch.nonzero(copies).flatten().tolist():
+        meta = data["metadata"][i]
+        parsed = label_report(str(data["reports"][i]))
+        values = {
+            n: (None if math.isnan(v) else float(v))
+            for n, v in zip(names, labels[i].tolist(), strict=True)
+        }
+        for c in range(int(copies[i])):
+            rng = np.random.default_rng([seed, 11, i, c])
+            specs = resolve_findings(values, parsed.mentions, rng)
+            sex = meta.get("sex") if meta.get("sex") in ("M", "F") else None
+            anatomy = sample_anatomy(rng, sex)
+            phantom = render_phantom(
+                specs, anatomy, sample_acquisition(rng), image_size, "PA", int(rng.integers(2**31))
+            )
+            dicom = f"rerender-{i}-{c}"
+            images.append(torch.from_numpy(phantom.image)[None])
+            new_labels.append(labels[i])
+            ids.append(dicom)
+            rows += [dict(dicom_id=dicom, **vars(f)) for f in phantom.findings]
+    if not images:
+        empty = torch.zeros(0, 1, image_size, image_size)
+        return empty, labels[:0], pd.DataFrame(columns=["dicom_id", "label", "status"]), []
+    return torch.stack(images), torch.stack(new_labels), pd.DataFrame(rows), ids
 
 
 def _built_image_size(dataset_dir: Path, default: int) -> int:
@@ -420,6 +521,15 @@ def _built_image_size(dataset_dir: Path, default: int) -> int:
         except (ValueError, json.JSONDecodeError):
             return default
     return default
+
+
+def _data_version(dataset_dir: Path) -> str | None:
+    """The embedded dataset's build version (None for other datasets)."""
+    info = dataset_dir / "embedded_dataset.json"
+    try:
+        return str(json.loads(info.read_text()).get("version"))
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def _label_counts(labels: torch.Tensor, names: Sequence[str]) -> dict[str, dict[str, int]]:
@@ -442,6 +552,7 @@ def pretrain_encoder(
     seed: int = 42,
     progress: bool = True,
     token_labels: bool = True,
+    rerender_min_positives: int = 96,
     **fit_kwargs: Any,
 ) -> dict[str, Any]:
     """Pretrain the course encoder on a MIMIC-CXR-JPG-layout dataset and save it.
@@ -451,6 +562,8 @@ def pretrain_encoder(
     and ``pretraining_metrics.json`` to ``out_dir``. With ``token_labels`` and a
     ``phantom_findings.csv`` (the embedded dataset's finding boxes) in ``dataset_dir``, the patch
     tokens are also trained to say which findings they overlap (see :func:`fit_encoder`).
+    Training studies with a rare label are re-rendered until each such label has about
+    ``rerender_min_positives`` images (:func:`rerender_rare_positives`; 0 disables it).
 
     Returns:
         the metrics dict: ``val_auroc`` / ``test_auroc`` (label -> AUROC, NaN where a label has
@@ -470,21 +583,41 @@ def pretrain_encoder(
         if "pixels" not in data:
             raise ValueError(f"load_mimic_cxr_dataset returned no pixels for split {split!r}")
     names = _label_names(splits["train"]["labels"].shape[1])
+    train_pixels = splits["train"]["pixels"]
+    train_labels = torch.as_tensor(np.asarray(splits["train"]["labels"]), dtype=torch.float32)
+    train_ids = [m["dicom_id"] for m in splits["train"]["metadata"]]
     boxes_csv = dataset_dir / FINDING_BOXES_CSV
-    if token_labels and boxes_csv.is_file() and "patch_targets" not in fit_kwargs:
+    box_size = _built_image_size(dataset_dir, image_size)
+    boxes = pd.read_csv(boxes_csv) if boxes_csv.is_file() else None
+    n_rerendered = 0
+    if rerender_min_positives > 0 and boxes is not None:  # phantom data only: re-render it
+        extra_pixels, extra_labels, extra_boxes, extra_ids = rerender_rare_positives(
+            splits["train"], names, image_size, rerender_min_positives, seed=seed
+        )
+        n_rerendered = len(extra_ids)
+        train_pixels = torch.cat([train_pixels, extra_pixels])
+        train_labels = torch.cat([train_labels, extra_labels])
+        train_ids = train_ids + extra_ids
+        if boxes is not None and n_rerendered:
+            # re-rendered boxes are in image_size pixels; rescale them to the CSV's frame
+            extra_boxes = extra_boxes.copy()
+            for col in ("x0", "y0", "x1", "y1"):
+                extra_boxes[col] = extra_boxes[col] * box_size / image_size
+            boxes = pd.concat([boxes, extra_boxes], ignore_index=True)
+    if token_labels and boxes is not None and "patch_targets" not in fit_kwargs:
         cfg = dict(TINY_VISION, **fit_kwargs.get("vit_config", {}))
         fit_kwargs["patch_targets"] = patch_targets_from_boxes(
-            pd.read_csv(boxes_csv),
-            [m["dicom_id"] for m in splits["train"]["metadata"]],
-            splits["train"]["labels"],
+            boxes,
+            train_ids,
+            train_labels,
             names,
             image_size,
             int(cfg["patch_size"]),
-            box_image_size=_built_image_size(dataset_dir, image_size),
+            box_image_size=box_size,
         )
     model, history = fit_encoder(
-        splits["train"]["pixels"],
-        splits["train"]["labels"],
+        train_pixels,
+        train_labels,
         val_pixels=splits["val"]["pixels"],
         val_labels=splits["val"]["labels"],
         epochs=epochs,
@@ -501,13 +634,15 @@ def pretrain_encoder(
         "train_loss": history["train_loss"],
         "val_macro_auroc_per_epoch": history["val_macro_auroc"],
         "n_train": int(splits["train"]["pixels"].shape[0]),
+        "n_rerendered": n_rerendered,
         "n_val": int(splits["val"]["pixels"].shape[0]),
         "n_test": int(splits["test"]["pixels"].shape[0]),
         "image_mean": IMAGE_MEAN,
         "image_std": IMAGE_STD,
-        "label_counts": _label_counts(splits["train"]["labels"], names),
+        "label_counts": _label_counts(train_labels, names),
         "token_labels": "patch_targets" in fit_kwargs,
         "encoder_version": ENCODER_VERSION,
+        "data_version": _data_version(dataset_dir),
         "vit_config": {k: v for k, v in model.config.to_dict().items() if k in TINY_VISION},
     }
     for split in ("val", "test"):
@@ -560,7 +695,7 @@ def default_encoder_dir(image_size: int = 128, seed: int = 42) -> Path:
 
 
 def _is_complete(path: Path) -> bool:
-    """All files present and written by the current recipe (:data:`ENCODER_VERSION`)."""
+    """All files present and written by the current recipe and data (both versions match)."""
     names = ("config.json", "model.safetensors", METRICS_NAME)
     if not all((path / name).is_file() for name in names):
         return False
@@ -568,7 +703,13 @@ def _is_complete(path: Path) -> bool:
         metrics = json.loads((path / METRICS_NAME).read_text())
     except json.JSONDecodeError:
         return False
-    return isinstance(metrics, dict) and metrics.get("encoder_version") == ENCODER_VERSION
+    from ..data.embedded import EMBEDDED_VERSION
+
+    return (
+        isinstance(metrics, dict)
+        and metrics.get("encoder_version") == ENCODER_VERSION
+        and metrics.get("data_version") == EMBEDDED_VERSION
+    )
 
 
 def ensure_pretrained_encoder(
@@ -583,9 +724,18 @@ def ensure_pretrained_encoder(
     The copy is written to a temporary folder and renamed into place, so an interrupted run never
     leaves a half-written encoder behind.
     """
+    from ..config import cache_lock
+
     target = Path(out_dir) if out_dir is not None else default_encoder_dir(image_size, seed)
     if _is_complete(target):
         return target
+    with cache_lock(f"encoder-{image_size}-{seed}"):
+        if _is_complete(target):  # built by another process while we waited
+            return target
+        return _build_encoder(target, image_size, seed, progress)
+
+
+def _build_encoder(target: Path, image_size: int, seed: int, progress: bool) -> Path:
     from ..data import ensure_embedded_dataset
 
     dataset = ensure_embedded_dataset(image_size=image_size, seed=seed)
