@@ -208,3 +208,78 @@ def plot_per_label_f1(
     ax.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2, frameon=False)
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------ notebook 04 (architecture)
+def _human(n: float) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return f"{int(n)}"
+
+
+def plot_model_architecture(
+    counts: pd.DataFrame,
+    shapes: dict[str, str],
+    title: str = "RadiologyMultimodalModel",
+) -> plt.Figure:
+    """Boxes-and-arrows diagram of the LLaVA-style model with parameter counts.
+
+    Args:
+        counts: :func:`course_utils.model.count_parameters` table (rows ``vision``,
+            ``projector``, ``lm``, ``detection_head``; columns ``total``, ``trainable``).
+        shapes: tensor shapes written on the arrows, keys ``image``, ``patches``, ``cls``,
+            ``visual``, ``text``, ``logits``, ``label_logits`` (missing keys are left blank).
+
+    Frozen components are drawn grey, trainable ones blue.
+    """
+    needed = {"vision", "projector", "lm", "detection_head"}
+    if not needed <= set(counts.index):
+        raise ValueError(f"counts needs rows {sorted(needed)}, got {list(counts.index)}")
+    fig, ax = plt.subplots(figsize=(12, 4.4))
+    ax.set_xlim(0, 12)
+    ax.set_ylim(0, 4.4)
+    ax.axis("off")
+    boxes = {  # name: (x, y, label)
+        "vision": (2.4, 2.9, "vision encoder\n(ViT)"),
+        "projector": (5.6, 2.9, "projector\nLinear-GELU-Linear"),
+        "lm": (8.8, 2.9, "language model\n(causal decoder)"),
+        "detection_head": (5.6, 0.9, "detection head\nLinear on CLS"),
+    }
+    w, h = 2.1, 1.15
+    for name, (x, y, label) in boxes.items():
+        total, trainable = counts.loc[name, "total"], counts.loc[name, "trainable"]
+        frozen = trainable == 0
+        colour = "0.85" if frozen else "#cfe2f3"
+        ax.add_patch(plt.Rectangle((x - w / 2, y - h / 2), w, h, fc=colour, ec="0.2", lw=1.2))
+        state = "frozen" if frozen else f"trainable {_human(trainable)}"
+        ax.text(x, y + 0.15, label, ha="center", va="center", fontsize=9, weight="bold")
+        ax.text(x, y - 0.38, f"{_human(total)} params · {state}", ha="center", fontsize=7.5)
+
+    def arrow(x0: float, y0: float, x1: float, y1: float, text: str, dy: float = 0.12) -> None:
+        ax.annotate("", (x1, y1), (x0, y0), arrowprops={"arrowstyle": "->", "lw": 1.3})
+        ax.text((x0 + x1) / 2, (y0 + y1) / 2 + dy, text, ha="center", fontsize=7.5, color="0.25")
+
+    ax.text(0.55, 2.9, "image", ha="center", va="center", fontsize=9)
+    ax.text(0.55, 2.55, shapes.get("image", ""), ha="center", fontsize=7.5, color="0.25")
+    arrow(0.9, 2.9, 2.4 - w / 2, 2.9, "")
+    arrow(2.4 + w / 2, 2.9, 5.6 - w / 2, 2.9, "Z_v " + shapes.get("patches", ""))
+    arrow(5.6 + w / 2, 2.9, 8.8 - w / 2, 2.9, "H_v " + shapes.get("visual", ""))
+    ax.text(8.8, 4.05, "text embeddings " + shapes.get("text", ""), ha="center", fontsize=7.5,
+            color="0.25")  # fmt: skip
+    ax.annotate("", (8.8, 2.9 + h / 2), (8.8, 3.9), arrowprops={"arrowstyle": "->", "lw": 1.3})
+    ax.text(8.9, 3.55, "concatenated:\n[ H_v | text ]", ha="left", fontsize=7, color="0.4")
+    ax.annotate("", (2.4, 0.9), (2.4, 2.9 - h / 2), arrowprops={"arrowstyle": "-", "lw": 1.3})
+    arrow(2.4, 0.9, 5.6 - w / 2, 0.9, "h_cls " + shapes.get("cls", ""))
+    arrow(5.6 + w / 2, 0.9, 7.2, 0.9, "")
+    ax.text(7.25, 0.9, "label logits\n" + shapes.get("label_logits", ""), va="center", fontsize=7.5)
+    arrow(8.8, 2.9 - h / 2, 8.8, 1.75, "")
+    ax.text(8.8, 1.5, "report logits " + shapes.get("logits", ""), ha="center", fontsize=7.5)
+    ax.text(9.6, 0.6, "loss = λ1·L_report + λ2·L_detect\n         + λ3·‖θ_proj‖²", fontsize=8.5)
+    total = counts.loc["total"] if "total" in counts.index else counts.sum()
+    ax.set_title(
+        f"{title}: {_human(total['total'])} parameters, {_human(total['trainable'])} trainable",
+        fontsize=11,
+    )
+    fig.tight_layout()
+    return fig
