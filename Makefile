@@ -37,6 +37,10 @@ test: data lint
 	$(VENV)/bin/pytest tests solutions --nbval-lax --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
 
+SUBMISSIONS ?= submissions
+grade: data
+	$(PY) -m course_utils grade $(SUBMISSIONS) --out gradebook.csv
+
 bench: data
 	$(PY) -m course_utils bench
 

@@ -122,12 +122,29 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("notebooks", nargs="*", type=Path)
     cmd.add_argument("--profile", default="tiny", choices=["tiny", "colab"])
 
+    for name, (_module, help_) in PASSTHROUGH.items():
+        sub.add_parser(name, help=f"{help_} (own options: {name} --help)", add_help=False)
+
     cmd = add("bench", _bench, "run benchmarks and write benchmarks/results.json")
     cmd.add_argument("--only", nargs="*", help="names of benchmarks to run")
     return parser
 
 
+# Subcommands whose module parses its own arguments (``python -m course_utils grade --help``).
+PASSTHROUGH = {
+    "grade": ("course_utils.grade", "grade student submissions into a gradebook CSV"),
+    "download-iu": ("course_utils.download", "download the public IU X-ray images (Open-i)"),
+    "serve": ("course_utils.deploy.api", "serve the report API (FastAPI) of notebook 08"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASSTHROUGH:
+        import importlib
+
+        module = importlib.import_module(PASSTHROUGH[argv[0]][0])
+        return int(module.main(argv[1:]) or 0)
     args = build_parser().parse_args(argv)
     return args.func(args)
 

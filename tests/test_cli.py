@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from course_utils.labels import CSV_HEADER
 
@@ -62,3 +63,13 @@ def test_release_check_command():
     proc = _run("release", "--check")
     assert proc.returncode == 0, proc.stderr
     assert "in sync" in proc.stdout
+
+
+@pytest.mark.parametrize("command", ["grade", "download-iu", "serve", "pretrain-encoder"])
+def test_subcommands_with_their_own_options_answer_help(command, capsys):
+    from course_utils.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    assert "usage:" in capsys.readouterr().out
