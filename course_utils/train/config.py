@@ -49,7 +49,7 @@ class TrainConfig:
         batch_size: examples per micro-batch (per device).
         grad_accum_steps: micro-batches per optimiser step (effective batch = product).
         warmup_ratio: share of each stage's optimiser steps spent in linear warm-up.
-        weight_decay: AdamW decay (never applied to biases, norms or embeddings' positions).
+        weight_decay: AdamW decay (never applied to biases or normalisation weights: 1-D tensors).
         max_grad_norm: global gradient-norm clip (``None`` or 0 disables clipping).
         mixed_precision: ``"no"``, ``"fp16"``, ``"bf16"`` or ``"auto"`` (bf16 on a CUDA GPU that
             supports it, else fp16 on CUDA, ``"no"`` on CPU).

@@ -1,12 +1,13 @@
 """`train_two_stage`: alignment, then instruction tuning, on `accelerate` (case study §3.5).
 
 Stage 1 trains the projector and the detection head with the LM frozen (lr 1e-3); stage 2
-trains projector + head + LM, fully (lr 2e-5) or through LoRA adapters (lr 1e-4). Each stage
-has its own AdamW (no decay on biases/norms), cosine schedule with linear warm-up, gradient
-accumulation and clipping; mixed precision comes from ``accelerate``. After every epoch: the
-validation losses, the detection head's macro AUROC and a fast CE metric on greedy reports; the
-lowest validation loss is kept in ``output_dir/best`` (``save_pretrained``, reloadable with
-``RadiologyMultimodalModel.from_pretrained``), and ``output_dir/last`` holds everything needed to
+trains projector + LM (the head keeps its stage-1 weights), fully (lr 2e-5) or through LoRA
+adapters (lr 1e-4). Each stage has its own AdamW (no decay on biases/norms), cosine schedule
+with linear warm-up, gradient accumulation and clipping; mixed precision comes from
+``accelerate``. After every epoch: the validation losses, the detection head's macro AUROC and
+a fast CE metric on greedy reports; the lowest validation loss is kept in ``output_dir/best``
+(``save_pretrained``, reloadable with ``RadiologyMultimodalModel.from_pretrained``), and
+``output_dir/last`` holds everything needed to
 resume (``TrainConfig.resume_from``).
 
 The same loop runs on several GPUs under ``accelerate launch``: the data loaders are sharded,
