@@ -1044,125 +1044,68 @@ def evaluate_model(
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
     if latency_studies < 0:
         raise ValueError(f"latency_studies must be >= 0, got {latency_studies}")
-    target = str(test_dataset.target)
-    n = len(idx)
+    target, n = str(test_dataset.target), len(idx)
     references = [test_dataset.reports[i] for i in idx]
     notes: list[str] = []
     seconds: dict[str, float] = {}
-
-    decodings = [num_beams] + ([1] if compare_greedy and num_beams > 1 else [])
-    runs: dict[str, GenerationRun] = {}
-    for beams in decodings:
-        run = generate(
-            model, test_dataset, idx, num_beams=beams, batch_size=batch_size,
-            max_new_tokens=max_new_tokens, length_penalty=length_penalty, progress=progress,
-        )  # fmt: skip
-        runs[run.decoding] = run
-        seconds[f"generate {run.decoding}"] = run.seconds
-
-    start = time.perf_counter()
     # separate seeded streams: the timed studies do not move the BERTScore subset, and back
     timed_rng, bertscore_rng = (np.random.default_rng([seed, k]) for k in (1, 2))
+    gen_kw = dict(max_new_tokens=max_new_tokens, length_penalty=length_penalty)
+
+    runs: dict[str, GenerationRun] = {}
+    for beams in [num_beams] + ([1] if compare_greedy and num_beams > 1 else []):
+        run = generate(model, test_dataset, idx, num_beams=beams, batch_size=batch_size,
+                       progress=progress, **gen_kw)  # fmt: skip
+        runs[run.decoding] = run
+        seconds[f"generate {run.decoding}"] = run.seconds
+    main = next(iter(runs))
+
+    start = time.perf_counter()
     timed = sorted(timed_rng.choice(n, size=min(latency_studies, n), replace=False).tolist())
     latency_ms = {
         name: measure_latency(
-            model, test_dataset, [idx[k] for k in timed], num_beams=run.num_beams,
-            max_new_tokens=max_new_tokens, length_penalty=length_penalty,
+            model, test_dataset, [idx[k] for k in timed], num_beams=run.num_beams, **gen_kw
         )  # fmt: skip
         for name, run in runs.items()
-    } if timed else {}  # fmt: skip
+        if timed
+    }
     seconds["latency"] = time.perf_counter() - start
 
-    # ---- score every decoding with the same scorers
     start = time.perf_counter()
     bs_index = None
     if bertscore and bertscore_studies is not None and bertscore_studies < n:
         bs_index = np.sort(bertscore_rng.choice(n, size=bertscore_studies, replace=False))
         notes.append(f"BERTScore is computed on a seeded random subset of {bertscore_studies} "
                      f"of the {n} studies (its CI is over that subset)")  # fmt: skip
-    systems: dict[str, SystemScores] = {}
-    try_radgraph = radgraph
-    for name, run in runs.items():
-        texts = [content_text(t, target) for t in run.texts]
-        systems[name] = score_reports(
-            references, texts, name=name, bertscore=bertscore,
-            bertscore_backend=bertscore_backend, bertscore_index=bs_index,
-            radgraph=try_radgraph, progress=False,
-        )  # fmt: skip
-        if systems[name].radgraph is None and try_radgraph:
-            try_radgraph = False  # unavailable once is unavailable for all
+    systems = _score_decodings(runs, references, target, bertscore, bertscore_backend, bs_index,
+                               radgraph, notes)  # fmt: skip
     seconds["score texts"] = time.perf_counter() - start
-    for s in systems.values():
-        notes.extend(note for note in s.notes if note not in notes)
-    if not radgraph:
-        notes.append("RadGraph F1 was not requested (radgraph=False)")
-    if target != "findings":
-        how = "rendered from JSON (invalid -> empty)" if target == "json" else "as narrative"
-        notes.append(f"text and clinical metrics score the {target} model's output {how}")
 
-    # ---- detection head
     start = time.perf_counter()
-    head_probs = None
-    ref_labels = systems[next(iter(runs))].ce.ref_labels
-    try:
-        head_probs = detection_probabilities(model, test_dataset, idx)
-    except AttributeError as err:
-        notes.append(f"no detection-head metrics: {err}")
-    if head_probs is not None:
-        thr = np.broadcast_to(np.asarray(head_threshold, dtype=float), (head_probs.shape[1],))
-        pred = (head_probs >= thr).astype(float)
-        systems["detection head"] = score_labels("detection head", references, ref_labels, pred)
+    head_probs = _add_detection_head(model, test_dataset, idx, systems, head_threshold, notes)
     seconds["detection head"] = time.perf_counter() - start
 
-    # ---- bootstrap
     start = time.perf_counter()
     boots = {name: bootstrap_table(s, n_boot=n_boot, alpha=alpha, seed=seed)
              for name, s in systems.items()}  # fmt: skip
-    headline_rows = [boots[name] for name in systems]
     latency, lat_rows = _latency_table(runs, latency_ms, n_boot, alpha, seed)
     if lat_rows:
-        headline_rows.append(pd.DataFrame(lat_rows))
         notes.append(f"latency: {len(timed)} studies timed one at a time (batch size 1) on "
                      f"{_device_of(model)}; p95 of {len(timed)} timings is a rough estimate")  # fmt: skip
-
     structured = style = None
-    main = next(iter(runs))
+    extra_rows: list[dict[str, Any]] = []
     if target == "json":
         structured = structured_scores(runs[main].texts, references)
-        cols = {"JSON valid rate (parses)": "json_parses",
-                "JSON valid rate (schema)": "json_schema_valid", "JSON overlap P": "json_precision",
-                "JSON overlap R": "json_recall", "JSON overlap F1": "json_f1"}  # fmt: skip
-        headline_rows.append(pd.DataFrame(_mean_rows(main, structured, cols, n_boot, alpha, seed)))
+        extra_rows = _mean_rows(main, structured, _JSON_COLUMNS, n_boot, alpha, seed)
     if target == "style":
         style = style_scores(runs[main].texts, [test_dataset.styles_used[i] for i in idx])
-        rows = _mean_rows(main, style.assign(a=style["adherent"].astype(float)),
-                          {"style adherence": "a"}, n_boot, alpha, seed)  # fmt: skip
-        for name, group in style.groupby("requested", sort=True):
-            rows += _mean_rows(main, group.assign(a=group["adherent"].astype(float)),
-                               {f"style adherence ({name})": "a"}, n_boot, alpha, seed)  # fmt: skip
-        headline_rows.append(pd.DataFrame(rows))
-    headline = pd.concat(headline_rows, ignore_index=True)
+        extra_rows = _style_rows(main, style, n_boot, alpha, seed)
+    headline = pd.concat([*boots.values(), pd.DataFrame(lat_rows), pd.DataFrame(extra_rows)],
+                         ignore_index=True)  # fmt: skip
     seconds["bootstrap"] = time.perf_counter() - start
 
-    # ---- per-finding and critical tables
-    per_finding = []
-    critical = []
-    for name, s in systems.items():
-        ref_m, hyp_m = _labels_of(s)
-        per_finding.append(per_finding_scores(ref_m, hyp_m).reset_index().assign(system=name))
-        table = critical_sensitivity(ref_m, hyp_m)
-        mine = boots[name].set_index("metric")
-        table["low"] = [mine.loc[f"sensitivity {f}", "low"] for f in table.index]
-        table["high"] = [mine.loc[f"sensitivity {f}", "high"] for f in table.index]
-        critical.append(table.reset_index().assign(system=name))
-    per_finding_df = pd.concat(per_finding, ignore_index=True)
-    per_finding_df = per_finding_df[["system", *[c for c in per_finding_df if c != "system"]]]
-    critical_df = pd.concat(critical, ignore_index=True)
-    critical_df = critical_df[["system", *[c for c in critical_df if c != "system"]]]
-
-    decoding = None
-    if "greedy" in runs and len(runs) > 1:
-        decoding = beam_vs_greedy(runs["greedy"], runs[main])
+    per_finding, critical = _label_tables(systems, boots)
+    decoding = beam_vs_greedy(runs["greedy"], runs[main]) if len(runs) > 1 else None
     meta = getattr(test_dataset, "metadata", None)
     study_ids = [meta[i].get("study_id", i) if meta else i for i in idx]
     settings = dict(num_beams=num_beams, compare_greedy=compare_greedy, batch_size=batch_size,
@@ -1172,10 +1115,90 @@ def evaluate_model(
                     n_studies=n)  # fmt: skip
     return EvaluationResult(
         target=target, indices=idx, study_ids=study_ids, references=references, generations=runs,
-        headline=headline, per_finding=per_finding_df, critical=critical_df, latency=latency,
+        headline=headline, per_finding=per_finding, critical=critical, latency=latency,
         latency_ms=latency_ms, decoding=decoding, structured=structured, style=style,
         systems=systems, head_probs=head_probs, notes=notes, settings=settings, seconds=seconds,
     )  # fmt: skip
+
+
+_JSON_COLUMNS: dict[str, str] = {
+    "JSON valid rate (parses)": "json_parses",
+    "JSON valid rate (schema)": "json_schema_valid",
+    "JSON overlap P": "json_precision",
+    "JSON overlap R": "json_recall",
+    "JSON overlap F1": "json_f1",
+}
+
+
+def _score_decodings(
+    runs: Mapping[str, GenerationRun], references: list[str], target: str, bertscore: bool,
+    backend: str, bs_index: np.ndarray | None, radgraph: bool, notes: list[str],
+) -> dict[str, SystemScores]:  # fmt: skip
+    """:func:`score_reports` of every decoding (its prose rendering); notes collected once."""
+    systems: dict[str, SystemScores] = {}
+    for name, run in runs.items():
+        texts = [content_text(t, target) for t in run.texts]
+        systems[name] = score_reports(references, texts, name=name, bertscore=bertscore,
+                                      bertscore_backend=backend, bertscore_index=bs_index,
+                                      radgraph=radgraph)  # fmt: skip
+        radgraph = radgraph and systems[name].radgraph is not None  # unavailable once: for all
+        notes.extend(note for note in systems[name].notes if note not in notes)
+    if target != "findings":
+        how = "rendered from JSON (invalid -> empty)" if target == "json" else "as narrative"
+        notes.append(f"text and clinical metrics score the {target} model's output {how}")
+    return systems
+
+
+def _add_detection_head(
+    model: Any, dataset: Any, idx: list[int], systems: dict[str, SystemScores],
+    threshold: float | Sequence[float], notes: list[str],
+) -> np.ndarray | None:  # fmt: skip
+    """Score the detection head at ``threshold`` as system "detection head" (same truth)."""
+    try:
+        probs = detection_probabilities(model, dataset, idx)
+    except AttributeError as err:
+        notes.append(f"no detection-head metrics: {err}")
+        return None
+    thr = np.broadcast_to(np.asarray(threshold, dtype=float), (probs.shape[1],))
+    first = next(iter(systems.values()))
+    systems["detection head"] = score_labels(
+        "detection head", first.references, first.ce.ref_labels, (probs >= thr).astype(float)
+    )
+    return probs
+
+
+def _style_rows(
+    system: str, style: pd.DataFrame, n_boot: int, alpha: float, seed: int
+) -> list[dict[str, Any]]:
+    """Style adherence overall and per requested style, with CIs."""
+    frame = style.assign(a=style["adherent"].astype(float))
+    rows = _mean_rows(system, frame, {"style adherence": "a"}, n_boot, alpha, seed)
+    for name, group in frame.groupby("requested", sort=True):
+        rows += _mean_rows(system, group, {f"style adherence ({name})": "a"}, n_boot, alpha, seed)
+    return rows
+
+
+def _label_tables(
+    systems: Mapping[str, SystemScores], boots: Mapping[str, pd.DataFrame]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Long per-finding and critical tables of all systems (critical with bootstrap bounds)."""
+    per_finding, critical = [], []
+    for name, s in systems.items():
+        ref_m, hyp_m = _labels_of(s)
+        per_finding.append(per_finding_scores(ref_m, hyp_m).reset_index().assign(system=name))
+        table = critical_sensitivity(ref_m, hyp_m)
+        mine = boots[name].set_index("metric")
+        table["low"] = [mine.loc[f"sensitivity {f}", "low"] for f in table.index]
+        table["high"] = [mine.loc[f"sensitivity {f}", "high"] for f in table.index]
+        critical.append(table.reset_index().assign(system=name))
+
+    def system_first(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame[["system", *[c for c in frame if c != "system"]]]
+
+    return (
+        system_first(pd.concat(per_finding, ignore_index=True)),
+        system_first(pd.concat(critical, ignore_index=True)),
+    )
 
 
 def _device_of(model: Any) -> str:
