@@ -33,7 +33,7 @@ from course_utils.deploy.backends import greedy_generate
 from course_utils.deploy.fixtures import tiny_model_and_data
 from course_utils.train import ReportCollator, ReportDataset
 
-MAX_NEW = 12
+MAX_NEW = 24
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -79,9 +79,10 @@ def test_int8_logits_close_to_fp32(tiny) -> None:
     same = logits_parity(model, model, batch)
     assert same["max_abs_logit_diff"] == 0.0 and same["top1_agreement"] == 1.0
     close = logits_parity(model, q, batch)
-    assert 0.0 < close["max_abs_logit_diff"] < 0.1  # int8 rounding, not garbage
+    assert 0.0 < close["max_abs_logit_diff"] < 1.0  # int8 rounding, not garbage
+    assert close["mean_abs_logit_diff"] < 0.2
     assert close["max_abs_label_logit_diff"] == 0.0  # the head is not quantised
-    assert close["top1_agreement"] >= 0.9
+    assert close["top1_agreement"] >= 0.95
 
 
 def test_greedy_loop_matches_model_generate(tiny) -> None:
@@ -99,6 +100,23 @@ def test_greedy_loop_matches_model_generate(tiny) -> None:
         greedy_generate(model, tok, images[i : i + 1], [mixed[i]], MAX_NEW)[0] for i in range(2)
     ]
     assert together == alone
+
+
+def test_finished_reports_leave_the_batch_without_changing_others(tiny, exported) -> None:
+    """Reports end at different lengths; batched decoding (rows dropped as they finish) gives
+    exactly what each study gets alone, in PyTorch and onnxruntime."""
+    model, tok, ds = tiny
+    images, prompts = ds.pixels.float(), ds.prompts
+    result = model.generate(images, prompt=prompts, tokenizer=tok, max_new_tokens=MAX_NEW,
+                            return_scores=True)  # fmt: skip
+    lengths = [len(ids) for ids in result.token_ids]
+    assert len(set(lengths)) >= 3 and max(lengths) < MAX_NEW  # every report ends with <eos>
+    assert result.texts[1] == "there is a small left pleural effusion. no focal consolidation."
+    batched = greedy_generate(model, tok, images, prompts, MAX_NEW)
+    alone = [greedy_generate(model, tok, images[i : i + 1], [prompts[i]], MAX_NEW)[0]
+             for i in range(len(prompts))]  # fmt: skip
+    assert batched == alone == result.texts
+    assert exported.generate(images, prompts, MAX_NEW) == result.texts
 
 
 def test_onnx_encoder_matches_pytorch(tiny, exported) -> None:

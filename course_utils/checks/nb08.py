@@ -1,9 +1,9 @@
 """Graded checks for notebook 08 (deployment): INT8, ONNX export, input validation, and the
 ``prepare_for_deployment`` pipeline.
 
-Every check runs the student's function on a tiny random model
+Every check runs the student's function on a tiny model
 (:func:`course_utils.deploy.fixtures.tiny_model_and_data`: 64 px images, 16 visual tokens, a
-2-layer 32-wide BioGPT) or on the hand-made inputs of :func:`course_utils.deploy.fixtures.bad_inputs`,
+2-layer 32-wide BioGPT trained for 2 seconds to write the fixture reports) or on the hand-made inputs of :func:`course_utils.deploy.fixtures.bad_inputs`,
 and compares with the library's reference in :mod:`course_utils.deploy`. Tolerances are stated
 in the messages.
 """
@@ -34,8 +34,8 @@ from ..deploy.validation import ImageLimits
 from ..deploy.validation import validate_image as reference_validate_image
 from . import Checker
 
-INT8_LOGIT_TOLERANCE = 0.1  # max |Δlogit| of the INT8 LM vs fp32 on the fixture batch
-INT8_TOP1_AGREEMENT = 0.9
+INT8_LOGIT_TOLERANCE = 1.0  # max |Δlogit| of the INT8 LM vs fp32 on the fixture batch
+INT8_TOP1_AGREEMENT = 0.95
 ONNX_TOLERANCE = 1e-4
 N_LM_LINEARS = 13  # 2 layers x (q, k, v, out, fc1, fc2) + the output projection
 
@@ -245,7 +245,7 @@ def check_prepare_for_deployment(prepare_for_deployment: Callable[[Any, Any], An
     model = _fresh_model()
     _, tok, ds = _fixture()
     with tempfile.TemporaryDirectory() as tmp:
-        config = DeploymentConfig(tok, ds, output_dir=tmp, max_new_tokens=6, latency_studies=2,
+        config = DeploymentConfig(tok, ds, output_dir=tmp, max_new_tokens=24, latency_studies=2,
                                   batch_size=8, model_version="check")  # fmt: skip
         result = check.call(prepare_for_deployment, model, config)
         check.expect(isinstance(result, DeploymentResult), "returns a deploy.DeploymentResult",
@@ -255,16 +255,16 @@ def check_prepare_for_deployment(prepare_for_deployment: Callable[[Any, Any], An
                      "step 1: int8_model is a quantised copy (the fp32 model is unchanged)",
                      N_LM_LINEARS, counts)  # fmt: skip
         images, prompts = ds.pixels[:3].float(), ds.prompts[:3]
-        fp32_texts = TorchBackend(model, tok).generate(images, prompts, 6)
-        onnx_texts = check.call(result.onnx_model.generate, images, prompts, 6)
+        fp32_texts = TorchBackend(model, tok).generate(images, prompts, 24)
+        onnx_texts = check.call(result.onnx_model.generate, images, prompts, 24)
         check.expect(onnx_texts == fp32_texts, "step 2: the ONNX export writes the fp32 reports",
                      fp32_texts, onnx_texts, "export the fp32 model, not the INT8 copy")  # fmt: skip
         need = {"encoder", "int8_generation", "onnx_generation"}
         check.expect(need <= set(result.parity), "step 3: parity has encoder, int8_generation "
                      "and onnx_generation", sorted(need), sorted(result.parity))  # fmt: skip
-        ref_fp32 = TorchBackend(model, tok).generate(ds.pixels.float(), ds.prompts, 6)
+        ref_fp32 = TorchBackend(model, tok).generate(ds.pixels.float(), ds.prompts, 24)
         int8_ref = quantize_language_model(model)
-        ref_int8 = TorchBackend(int8_ref, tok).generate(ds.pixels.float(), ds.prompts, 6)
+        ref_int8 = TorchBackend(int8_ref, tok).generate(ds.pixels.float(), ds.prompts, 24)
         check.expect(result.texts.get("fp32") == ref_fp32 and result.texts.get("int8") == ref_int8,
                      "step 3: parity compares INT8 and ONNX reports against the fp32 model's",
                      "texts of the fp32 and the INT8 model", sorted(result.texts),

@@ -41,7 +41,9 @@ def greedy_generate(
 
     The same loop runs the fp32 and the INT8 model, so their timings differ by the model only.
     Inputs are laid out by the model's own ``_lm_inputs`` (left padding moved in front of the
-    visual tokens, positions from the attention mask); finished rows are fed ``<pad>``.
+    visual tokens, positions from the attention mask). A finished report leaves the batch (its
+    rows of the cache are dropped), so a batch costs about as much as its longest report rather
+    than batch size x longest.
     """
     from ..model.generation import cut_at_eos
     from ..model.prompts import encode_prompt, pad_batch
@@ -54,22 +56,28 @@ def greedy_generate(
     out = model.lm(**inputs, use_cache=True)
     past, logits = out.past_key_values, out.logits[:, -1]
     full, last = inputs["attention_mask"], inputs["position_ids"][:, -1:]
-    batch = images.shape[0]
-    done = torch.zeros(batch, dtype=torch.bool, device=logits.device)
-    tokens = []
-    for _ in range(max_new_tokens):
-        token = torch.where(done, torch.full_like(done, pad, dtype=torch.long), logits.argmax(-1))
-        tokens.append(token)
-        done |= token == eos
-        if bool(done.all()) or len(tokens) == max_new_tokens:
+    tokens = torch.full((images.shape[0], max_new_tokens), pad, dtype=torch.long)
+    active = torch.arange(images.shape[0])
+    for step in range(max_new_tokens):
+        token = logits.argmax(-1)
+        tokens[active, step] = token.cpu()
+        keep = token != eos
+        if step == max_new_tokens - 1 or not bool(keep.any()):
             break
+        if not bool(keep.all()):  # drop finished reports from the batch
+            rows = keep.nonzero().squeeze(1)
+            active, token, full, last = active[rows.cpu()], token[rows], full[rows], last[rows]
+            for layer in past.layers:
+                layer.batch_select_indices(rows)
         full = torch.cat([full, torch.ones_like(full[:, :1])], dim=1)
         last = last + 1
         out = model.lm(input_ids=token[:, None], attention_mask=full, position_ids=last,
                        past_key_values=past, use_cache=True)  # fmt: skip
         past, logits = out.past_key_values, out.logits[:, -1]
-    rows = torch.stack(tokens, dim=1).tolist()
-    return [tokenizer.decode(cut_at_eos(r, eos), skip_special_tokens=True).strip() for r in rows]
+    return [
+        tokenizer.decode(cut_at_eos(r, eos), skip_special_tokens=True).strip()
+        for r in tokens.tolist()
+    ]
 
 
 class TorchBackend:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -213,17 +214,29 @@ def fixture_split(n: int = 8, image_size: int = 64, seed: int = 0) -> dict[str, 
 
 
 def tiny_model_and_data(
-    seed: int = 0, image_size: int = 64, n: int = 8
+    seed: int = 0, image_size: int = 64, n: int = 8, train_steps: int = 120
 ) -> tuple[Any, Any, dict[str, Any]]:
-    """(random tiny RadiologyMultimodalModel in eval mode, its tokenizer, a fixture split).
+    """(tiny RadiologyMultimodalModel in eval mode, its tokenizer, a fixture split).
 
-    Small enough for tests and graded checks (~0.3 M parameters, 16 visual tokens, a 2-layer
-    32-wide BioGPT); built from config, no checkpoint needed.
+    Small enough for tests and graded checks (~60 k parameters: a 1-layer 32-wide ViT on 64 px
+    images -> 16 visual tokens, a 2-layer 32-wide BioGPT), built from config. ``train_steps``
+    full-batch AdamW steps (about 2 s) make it write each fixture study's report exactly, so
+    greedy outputs differ between studies and stop at ``<eos>`` after different lengths (an
+    untrained model repeats one token forever, which tests nothing). Cached per process; every
+    call returns a fresh copy.
     """
+    import copy
+
+    model, tok, split = _trained_fixture(seed, image_size, n, train_steps)
+    return copy.deepcopy(model), tok, split
+
+
+@lru_cache(maxsize=4)
+def _trained_fixture(seed: int, image_size: int, n: int, train_steps: int) -> tuple[Any, Any, Any]:
     import torch
 
     from ..model import ModelConfig, RadiologyMultimodalModel
-    from ..train.data import build_tokenizer
+    from ..train.data import ReportCollator, ReportDataset, build_tokenizer
 
     split = fixture_split(n, image_size, seed)
     tok = build_tokenizer(split, ("findings",), min_frequency=1)
@@ -239,8 +252,21 @@ def tiny_model_and_data(
                          activation_dropout=0.0)  # fmt: skip
     cfg.llm_dim, cfg.proj_hidden_dim = 32, 48
     torch.manual_seed(seed)
-    model = RadiologyMultimodalModel(cfg, load_weights=False).eval()
-    return model, tok, split
+    model = RadiologyMultimodalModel(cfg, load_weights=False)
+    if train_steps:
+        ds = ReportDataset(split, tok, "findings", max_length=64)
+        batch = ReportCollator(tok.pad_token_id)([ds[i] for i in range(len(ds))])
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-2)
+        model.train()
+        for _ in range(train_steps):
+            out = model(batch["images"], batch["input_ids"], batch["attention_mask"],
+                        labels=batch["labels"], finding_targets=batch["finding_targets"])  # fmt: skip
+            opt.zero_grad()
+            out.loss.backward()
+            opt.step()
+    model.requires_grad_(False)
+    return model.eval(), tok, split
 
 
 __all__ = [

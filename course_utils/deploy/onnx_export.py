@@ -240,6 +240,9 @@ def _session(path: Path, threads: int | None) -> Any:
     options.intra_op_num_threads = int(threads or torch.get_num_threads())
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    # Idle onnxruntime threads spin-wait by default; next to PyTorch on 2 cores that steals the
+    # CPU from whatever runs next (and skews every interleaved timing).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -309,7 +312,10 @@ class OnnxReportModel:
         pad_id: int,
         eos_id: int,
     ) -> list[list[int]]:
-        """Greedy ids per study (cut after ``<eos>``) from visual tokens (B, N, d_l)."""
+        """Greedy ids per study (cut after ``<eos>``) from visual tokens (B, N, d_l).
+
+        A finished report leaves the batch, so a batch costs about its longest report.
+        """
         batch, n_visual, _ = visual.shape
         ids, mask = pad_batch(prompt_ids, pad_id, side="left")
         text = self._embed(np.asarray(ids, dtype=np.int64))
@@ -324,15 +330,17 @@ class OnnxReportModel:
         logits, past = self._step(embeds, full, positions, past)
         last = positions[:, -1:]
         out = np.full((batch, max_new_tokens), pad_id, dtype=np.int64)
-        done = np.zeros(batch, dtype=bool)
+        active = np.arange(batch)
         for step in range(max_new_tokens):
-            token = np.where(done, pad_id, logits.argmax(-1))
-            out[:, step] = token
-            done |= token == eos_id
-            if done.all() or step == max_new_tokens - 1:
-                out = out[:, : step + 1]
+            token = logits.argmax(-1)
+            out[active, step] = token
+            keep = token != eos_id
+            if step == max_new_tokens - 1 or not keep.any():
                 break
-            full = np.concatenate([full, np.ones((batch, 1), np.int64)], axis=1)
+            if not keep.all():  # finished reports leave the batch (and their cache rows)
+                active, token, full, last = active[keep], token[keep], full[keep], last[keep]
+                past = [p[keep] for p in past]
+            full = np.concatenate([full, np.ones((len(active), 1), np.int64)], axis=1)
             last = last + 1
             logits, past = self._step(self._embed(token[:, None]), full, last, past)
         return [cut_at_eos(row.tolist(), eos_id) for row in out]
