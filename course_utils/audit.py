@@ -8,23 +8,34 @@ in this group?* - and answers it with a confidence interval, because test subgro
    labels (-1) are neither positive nor negative and are left out; blanks (not mentioned) are
    negative, as in the CheXpert convention the phantoms are drawn from.
 2. **Calls.** The detection head's probabilities become calls at an *operating point* fixed
-   before the audit (per-finding thresholds reaching ``target_sensitivity`` on a calibration
-   split: :class:`CriticalDetector`), or the course labeler reads the generated report.
+   before the audit (per-finding thresholds at one common false-positive rate, reaching
+   ``target_sensitivity`` on a calibration split: :class:`CriticalDetector`,
+   :func:`operating_thresholds`), or the course labeler reads the generated report.
 3. **Per subgroup** (age group, sex, race, and the edge cases support devices / post-surgical /
    pediatric): pooled sensitivity over (study, critical finding) pairs, computed with fairlearn's
    :class:`~fairlearn.metrics.MetricFrame`, and a percentile-bootstrap CI that resamples
    *studies* (:func:`course_utils.metrics.bootstrap_ci`), since the findings of one study are
-   not independent.
-4. **Flag**: a subgroup is flagged when the *whole* CI lies below ``threshold`` (status
-   ``"below"``). A CI that straddles the threshold is ``"inconclusive"`` (not enough positives
-   to tell: the audit says so instead of guessing); ``"meets"`` when the CI lies above;
-   ``"too few positives"`` (under ``min_positives``: a percentile CI on five findings is not
-   evidence), ``"no positives"`` / ``"empty"`` when there is nothing to measure.
-5. Fairness summaries per attribute with fairlearn: equalised-odds difference (the largest gap in
+   not independent - widened to the Wilson score interval where the bootstrap collapses (all
+   findings found or all missed).
+4. **Status** against ``threshold``: ``"below"`` when the *whole* CI lies under it,
+   ``"inconclusive"`` when the CI straddles it (not enough positives to tell: the audit says
+   so instead of guessing), ``"meets"`` when the CI lies above; ``"too few positives"`` (under
+   ``min_positives``: an interval from five findings is not evidence either way),
+   ``"no positives"`` / ``"empty"`` when there is nothing to measure.
+5. **Flag** = status ``"below"`` *and* worse than everybody else: the CI of the gap
+   ``sensitivity(subgroup) - sensitivity(rest)`` (Newcombe's MOVER from the two CIs) lies
+   entirely under 0. Subgroups overlap (the 75+ are also women, men, white...), so one
+   subgroup's misses pull every group it belongs to down; the gap separates the subgroup that
+   *carries* a shortfall from those that only *contain* it. A subgroup below the threshold
+   without a gap is still reported (the whole population falls short there); it is not a
+   *disparity*. When two candidates overlap (a race group with many old patients), the one whose
+   gap vanishes once the other's studies are set aside is *explained by* it and loses its flag
+   (:func:`resolve_overlaps`).
+6. Fairness summaries per attribute with fairlearn: equalised-odds difference (the largest gap in
    TPR or FPR between groups) and demographic-parity difference (gap in call rates) - the second
    is reported, never used as the flag: when prevalence differs between groups, a perfect
    model has unequal call rates.
-6. Generated reports: hallucination rate per subgroup = the fraction of reports that state a
+7. Generated reports: hallucination rate per subgroup = the fraction of reports that state a
    finding (labeler says 1) which the reference report neither states nor hedges.
 
 The embedded dataset's demographics are synthetic and independent of the labels. To give the
@@ -41,14 +52,14 @@ import os
 import re
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .config import DEFAULT_SEED, data_cache_dir
+from .config import DEFAULT_SEED, cache_lock, data_cache_dir
 from .labels import CHEXPERT_LABELS
 from .metrics import BootstrapCI, bootstrap_ci, resample_weights
 
@@ -77,8 +88,9 @@ EDGE_CASE_NAMES = {
     "pediatric": "pediatric (<18)",
 }
 STATUSES = ("below", "inconclusive", "meets", "too few positives", "no positives", "empty")
-#: Fewer positive findings than this and a percentile bootstrap CI means little (at 5/5 it is
-#: [1, 1]): the subgroup is reported as "too few positives", neither flagged nor cleared.
+#: Fewer positive findings than this and an interval means little (5 of 5 found still allows a
+#: sensitivity of 0.57): the subgroup is reported as "too few positives", neither flagged nor
+#: cleared.
 DEFAULT_MIN_POSITIVES = 10
 DEFAULT_THRESHOLD = 0.95
 DEFAULT_TARGET_SENSITIVITY = 0.95
@@ -468,7 +480,10 @@ def sensitivity_ci(
     """Pooled sensitivity ``sum TP / sum positives`` with a percentile-bootstrap CI.
 
     Resamples the studies that hold at least one positive (the only ones sensitivity depends
-    on) with :func:`course_utils.metrics.bootstrap_ci`; ``None`` when there is no positive.
+    on) with :func:`course_utils.metrics.bootstrap_ci`, then widens the interval to contain the
+    Wilson score interval of the pooled counts: when every finding is found (or missed) each
+    resample gives the same value and the percentile interval collapses to [1, 1] (or [0, 0]),
+    which would claim certainty from ten findings. ``None`` when there is no positive.
     """
     tp, pos = sensitivity_counts(truth, calls, known)
     keep = pos > 0
@@ -481,14 +496,63 @@ def sensitivity_ci(
         sums = resample_weights(idx, n) @ counts
         return sums[:, 0] / sums[:, 1]
 
-    return bootstrap_ci(statistic, n, n_resamples=n_boot, alpha=alpha, seed=seed)
+    ci = bootstrap_ci(statistic, n, n_resamples=n_boot, alpha=alpha, seed=seed)
+    w_low, w_high = wilson_interval(int(tp.sum()), int(pos.sum()), alpha)
+    return replace(ci, low=min(float(ci.low), w_low), high=max(float(ci.high), w_high))
+
+
+def wilson_interval(successes: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``successes / n`` (stays inside [0, 1] and has
+    width at 0 % and 100 %)."""
+    if n <= 0 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n and n > 0, got {successes} of {n}")
+    from scipy.stats import norm
+
+    z = float(norm.ppf(1 - alpha / 2))
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def sensitivity_gap_ci(
+    truth: np.ndarray,
+    calls: np.ndarray,
+    known: np.ndarray,
+    idx: np.ndarray,
+    *,
+    n_boot: int = 1000,
+    seed: int = DEFAULT_SEED,
+    alpha: float = 0.05,
+) -> tuple[float, float, float]:
+    """Gap ``d = sensitivity(studies idx) - sensitivity(all other studies)`` and its CI.
+
+    Each side gets its :func:`sensitivity_ci` (seeds ``seed`` and ``seed + 1``); the two
+    intervals (l1, u1), (l2, u2) around p1, p2 combine by Newcombe's MOVER:
+    ``d - sqrt((p1 - l1)^2 + (u2 - p2)^2)`` to ``d + sqrt((u1 - p1)^2 + (p2 - l2)^2)``, which
+    keeps the width a side has at 0 % or 100 %. NaNs when either side has no positive.
+    """
+    idx = np.asarray(idx)
+    rest = np.setdiff1d(np.arange(np.asarray(truth).shape[0]), idx)
+    mine = sensitivity_ci(truth[idx], calls[idx], known[idx], n_boot=n_boot, seed=seed,
+                          alpha=alpha)  # fmt: skip
+    other = sensitivity_ci(truth[rest], calls[rest], known[rest], n_boot=n_boot, seed=seed + 1,
+                           alpha=alpha)  # fmt: skip
+    if mine is None or other is None:
+        return float("nan"), float("nan"), float("nan")
+    p1, l1, u1 = float(mine.estimate), float(mine.low), float(mine.high)
+    p2, l2, u2 = float(other.estimate), float(other.low), float(other.high)
+    gap = p1 - p2
+    low = gap - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
+    high = gap + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+    return gap, low, high
 
 
 def flag_status(
     low: float, high: float, threshold: float, n_positive: int | None = None, min_positives: int = 1
 ) -> str:
-    """``"below"`` (CI entirely under the threshold: flag), ``"meets"`` (CI at or above it),
-    else ``"inconclusive"``; ``"too few positives"`` when ``n_positive < min_positives``."""
+    """``"below"`` (CI entirely under the threshold), ``"meets"`` (CI at or above it), else
+    ``"inconclusive"``; ``"too few positives"`` when ``n_positive < min_positives``."""
     if n_positive is not None and n_positive < min_positives:
         return "too few positives"
     if high < threshold:
@@ -575,15 +639,18 @@ class AuditResult:
         table: one row per (attribute, subgroup): ``n_studies``, ``n_positive`` (positive
             (study, finding) pairs), ``n_positive_studies``, ``sensitivity``, ``ci_low``,
             ``ci_high``, ``fpr``, ``call_rate``, ``hallucination_rate`` / ``hall_ci_low`` /
-            ``hall_ci_high`` (generated reports only, else NaN), ``status``
-            (:data:`STATUSES`) and ``flagged`` (status ``"below"``).
+            ``hall_ci_high`` (generated reports only, else NaN), ``status`` (:data:`STATUSES`),
+            ``gap`` / ``gap_low`` / ``gap_high`` (sensitivity minus the rest's, with
+            :func:`sensitivity_gap_ci`'s interval), ``worse_than_rest`` (``gap_high < 0``),
+            ``candidate`` (status ``"below"`` and worse than the rest), ``explained_by`` and
+            ``flagged`` (a candidate no other candidate explains: :func:`resolve_overlaps`).
         fairness: one row per attribute: equalised-odds and demographic-parity differences.
         overall: the same metrics on the whole test set.
         threshold: the sensitivity a subgroup must reach.
         source: ``"detection"`` or ``"report"``.
         thresholds: the detection operating point (finding -> probability), ``None`` for reports.
         frames: attribute -> fairlearn ``MetricFrame``.
-        settings: n_boot, seed, alpha, findings, operating-point description.
+        settings: n_boot, seed, alpha, min_positives, findings.
     """
 
     table: pd.DataFrame
@@ -597,7 +664,7 @@ class AuditResult:
 
     @property
     def flagged(self) -> pd.DataFrame:
-        """The flagged rows (critical-finding sensitivity confidently below the threshold)."""
+        """The flagged rows: sensitivity confidently below the threshold *and* below the rest."""
         return self.table[self.table["flagged"]]
 
     def flagged_subgroups(self) -> list[tuple[str, str]]:
@@ -615,11 +682,18 @@ class AuditResult:
             f"findings in {int(o['n_studies'])} studies.",
         ]
         if self.flagged.empty:
-            lines.append("No subgroup is confidently below the threshold.")
+            lines.append("No subgroup is confidently below the threshold and below the rest.")
         for r in self.flagged.itertuples():
             lines.append(
                 f"FLAG {r.attribute}={r.subgroup}: sensitivity {r.sensitivity:.3f} "
                 f"[{r.ci_low:.3f}, {r.ci_high:.3f}] ({r.n_positive} positive findings)"
+            )
+        shared = self.table[(self.table["status"] == "below") & ~self.table["flagged"]]
+        for r in shared.itertuples():
+            why = f"explained by {r.explained_by}" if r.explained_by else "no gap to the rest"
+            lines.append(
+                f"BELOW ({why}) {r.attribute}={r.subgroup}: sensitivity "
+                f"{r.sensitivity:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]"
             )
         unclear = self.table[~self.table["status"].isin(["below", "meets"])]
         if len(unclear):
@@ -674,20 +748,16 @@ def _subgroup_row(
             row["ci_low"], row["ci_high"] = float(ci.low), float(ci.high)
             row["status"] = flag_status(row["ci_low"], row["ci_high"], threshold,
                                         row["n_positive"], min_positives)  # fmt: skip
-            rest = np.setdiff1d(np.arange(truth.shape[0]), idx)
-            other = sensitivity_ci(truth[rest], calls[rest], known[rest], n_boot=n_boot,
-                                   seed=seed + 1, alpha=alpha)  # fmt: skip
-            if other is not None:  # the gap to everybody else, from independent resamples
-                gap = ci.distribution - other.distribution
-                low, high = np.percentile(gap, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-                row["gap"] = float(ci.estimate - other.estimate)
-                row["gap_low"], row["gap_high"] = float(low), float(high)
+            row["gap"], row["gap_low"], row["gap_high"] = sensitivity_gap_ci(
+                truth, calls, known, idx, n_boot=n_boot, seed=seed, alpha=alpha
+            )
         if hallucinated is not None:
             h = bootstrap_ci((hallucinated[idx] > 0).astype(float), n_resamples=n_boot,
                              alpha=alpha, seed=seed)  # fmt: skip
             row["hallucination_rate"] = float(h.estimate)
             row["hall_ci_low"], row["hall_ci_high"] = float(h.low), float(h.high)
-    row["flagged"] = row["status"] == "below"
+    row["worse_than_rest"] = bool(row["gap_high"] < 0)  # False when NaN
+    row["flagged"] = row["status"] == "below" and row["worse_than_rest"]
     return row
 
 
@@ -740,7 +810,7 @@ def audit_calls(
     every = np.arange(truth.shape[0])
     overall = _subgroup_row("all", "all", every, truth, calls, known, hallucinated, threshold,
                             **stats)  # fmt: skip
-    rows, fair, frames = [], [], {}
+    rows, fair, frames, members = [], [], {}, []
     for attribute in attributes:
         metrics, frame = fairness_metrics(truth, calls, known, groups[attribute])
         frames[attribute] = frame
@@ -752,11 +822,14 @@ def audit_calls(
             if row["n_positive"] and not math.isclose(mf, row["sensitivity"], abs_tol=1e-9):
                 raise RuntimeError(f"sensitivity mismatch for {attribute}={name}")
             rows.append(row)
+            members.append(np.asarray(idx))
     for case in edge_cases:
         idx = np.flatnonzero(groups[case].to_numpy(bool))
         rows.append(_subgroup_row("edge_case", EDGE_CASE_NAMES.get(case, case), idx, truth,
                                   calls, known, hallucinated, threshold, **stats))  # fmt: skip
-    table = pd.DataFrame(rows)
+        members.append(idx)
+    table = resolve_overlaps(pd.DataFrame(rows), members, truth, calls, known, n_boot=n_boot,
+                             seed=seed, alpha=alpha)  # fmt: skip
     return AuditResult(
         table=table,
         fairness=pd.DataFrame(fair).set_index("attribute"),
@@ -767,6 +840,64 @@ def audit_calls(
         frames=frames,
         settings={**stats, "findings": list(findings)},
     )
+
+
+def resolve_overlaps(
+    table: pd.DataFrame,
+    members: Sequence[np.ndarray],
+    truth: np.ndarray,
+    calls: np.ndarray,
+    known: np.ndarray,
+    *,
+    n_boot: int = 1000,
+    seed: int = DEFAULT_SEED,
+    alpha: float = 0.05,
+) -> pd.DataFrame:
+    """Keep the flags a subgroup carries itself; drop those another flagged subgroup explains.
+
+    Subgroups overlap, so the misses of one (the 75+) can make another that shares many of its
+    studies (a race group with many old patients) look worse than the rest too. Among the
+    *candidates* (``flagged`` on entry: below the threshold and worse than the rest), a is
+    *explained by* b when, with b's studies removed from everyone, a is no longer
+    significantly worse than the rest (:func:`sensitivity_gap_ci` upper bound >= 0). a loses
+    its flag when some b explains it and a does not explain b. When removing b leaves nothing
+    to test (a inside b), a is not explained by b; two subgroups with the same studies keep
+    both flags (no data can tell them apart).
+
+    Args:
+        table: :func:`audit_calls` rows (``flagged`` = candidates).
+        members: the study indices of each row, in table order.
+
+    Returns:
+        A copy with ``candidate`` (the entry flags), ``explained_by`` ("" or the explaining
+        subgroups, "attribute=value; ...") and the final ``flagged``.
+    """
+    table = table.copy()
+    table["candidate"] = table["flagged"].astype(bool)
+    table["explained_by"] = ""
+    candidates = [i for i in range(len(table)) if table.at[i, "candidate"]]
+    n = truth.shape[0]
+
+    def explained(a: int, b: int) -> bool:
+        keep = np.ones(n, bool)
+        keep[members[b]] = False
+        inside = np.zeros(n, bool)
+        inside[members[a]] = True
+        where = np.flatnonzero(inside[keep])
+        if where.size == 0:
+            return False
+        _, _, high = sensitivity_gap_ci(truth[keep], calls[keep], known[keep], where,
+                                        n_boot=n_boot, seed=seed, alpha=alpha)  # fmt: skip
+        return bool(high >= 0)  # NaN (nothing left to compare) -> False
+
+    pairs = {(a, b): explained(a, b) for a in candidates for b in candidates if a != b}
+    for a in candidates:
+        by = [b for b in candidates if b != a and pairs[(a, b)] and not pairs[(b, a)]]
+        if by:
+            table.at[a, "flagged"] = False
+            names = [f"{table.at[b, 'attribute']}={table.at[b, 'subgroup']}" for b in by]
+            table.at[a, "explained_by"] = "; ".join(names)
+    return table
 
 
 def _bin_order(item: tuple[Any, Any]) -> tuple[int, str]:
@@ -807,7 +938,7 @@ def bias_audit(
         test_dataset: a ``load_mimic_cxr_dataset`` dict (pixels for detection) or a
             ``ReportDataset``; metadata must hold age, sex and race.
         threshold: the critical-finding sensitivity every subgroup must reach; flagged when the
-            whole bootstrap CI is below it.
+            whole bootstrap CI is below it and the subgroup is below the rest (module docstring).
         n_boot, seed, alpha: bootstrap resamples, seed and 1 - confidence.
         min_positives: subgroups with fewer positive findings are "too few positives".
         source: ``"detection"`` (detection-head calls: fast) or ``"report"`` (labeler on the
@@ -909,12 +1040,14 @@ AUDIT_PRESETS: dict[str, AuditPreset] = {
         name="portable-elderly",
         attribute="age_group",
         subgroup="75+",
-        acquisition={"exposure": -0.3, "noise": 0.06},
+        acquisition={"exposure": 3.0},
         story=(
-            "Patients aged 75 and over are mostly imaged at the bedside with a portable unit: "
-            "a lower dose (under-exposed, washed-out image) and a noisier detector. Every image "
-            "of a patient aged 75+ in the audit test set gets exposure -0.3 (gamma) and +0.06 "
-            "noise std; nothing else changes (same reports, labels, findings, seeds)."
+            "Patients aged 75 and over are mostly imaged at the bedside, and the audit site's "
+            "portable unit writes its images through a misconfigured look-up table: every "
+            "image of a patient aged 75+ gets +3.0 on the exposure gamma (the sampled 0.8-1.25 "
+            "becomes 3.8-4.25), so the films come out dark, with little contrast left in the "
+            "lungs and ribs. Nothing else changes: same reports, labels, patients, placements "
+            "and seeds as the default test split."
         ),
     ),
 }
@@ -980,20 +1113,27 @@ def ensure_audit_dataset(
     p = _preset(preset)
     path = audit_dataset_dir(p.name if p else None, image_size, seed)
     want = json.loads(json.dumps(p.subgroup_effects() if p else {}))
-    try:
-        info = read_embedded_info(path)
-        if (
+
+    def current() -> bool:
+        try:
+            info = read_embedded_info(path)
+        except (FileNotFoundError, json.JSONDecodeError):
+            return False
+        return (
             info.get("version") == EMBEDDED_VERSION
             and info.get("seed") == seed
             and info.get("image_size") == image_size
             and info.get("max_studies") is None
             and info.get("only_splits") == ["test"]
             and info.get("subgroup_effects", {}) == want
-        ):
+        )
+
+    if current():
+        return path
+    with cache_lock(path.name):  # a second process waits, then finds it built
+        if current():
             return path
-    except (FileNotFoundError, json.JSONDecodeError):
-        pass
-    return build_audit_dataset(p, path, image_size=image_size, seed=seed, progress=progress)
+        return build_audit_dataset(p, path, image_size=image_size, seed=seed, progress=progress)
 
 
 def load_audit_split(
@@ -1160,6 +1300,9 @@ __all__ = [
     "report_calls",
     "report_labels",
     "sensitivity_ci",
+    "sensitivity_gap_ci",
+    "resolve_overlaps",
     "sensitivity_counts",
     "subgroup_table",
+    "wilson_interval",
 ]

@@ -13,8 +13,9 @@ import pandas as pd
 
 from .audit import AuditResult
 
+FLAG_COLOUR = "#c0392b"
 STATUS_COLOURS = {
-    "below": "#c0392b",
+    "below": "#8e44ad",  # below the threshold, but not worse than the rest (or explained)
     "inconclusive": "#e67e22",
     "meets": "#27ae60",
     "too few positives": "#7f8c8d",
@@ -49,8 +50,9 @@ def plot_subgroup_metric(
 ) -> plt.Figure:
     """Horizontal dot-and-whisker plot: one row per subgroup, its estimate and 95 % CI.
 
-    Sensitivity rows are coloured by audit status (red: flagged, orange: inconclusive, green:
-    meets, grey: nothing to measure) and the threshold is drawn as a dashed line; the overall
+    Sensitivity rows are coloured by audit result (red: flagged; purple: below the threshold but
+    not worse than the rest, or explained by a flagged subgroup; orange: inconclusive; green:
+    meets; grey: too few positives) and the threshold is drawn as a dashed line; the overall
     value is a dotted line. ``n`` on the right is the number of positive findings (sensitivity)
     or of studies (other metrics).
     """
@@ -68,7 +70,9 @@ def plot_subgroup_metric(
     y = np.arange(n)[::-1]
     for yi, r in zip(y, rows.itertuples(index=False), strict=True):
         value = getattr(r, metric)
-        colour = STATUS_COLOURS[r.status] if metric == "sensitivity" else "#2c3e50"
+        colour = "#2c3e50"
+        if metric == "sensitivity":
+            colour = FLAG_COLOUR if r.flagged else STATUS_COLOURS[r.status]
         if np.isnan(value):
             ax.text(0.5, yi, r.status, va="center", ha="center", fontsize=7, color="grey",
                     transform=ax.get_yaxis_transform())  # fmt: skip
@@ -90,7 +94,15 @@ def plot_subgroup_metric(
     ax.set_xlim(-0.02, 1.02)
     ax.set_xlabel(f"{label} (95 % bootstrap CI)" if low_col else label)
     ax.set_title(title or f"{label} by subgroup ({result.source})", fontsize=10)
-    ax.legend(loc="lower left", fontsize=7)
+    handles, _ = ax.get_legend_handles_labels()
+    if metric == "sensitivity":
+        from matplotlib.lines import Line2D
+
+        shown = [("flagged", FLAG_COLOUR), ("below, not carried", STATUS_COLOURS["below"]),
+                 ("inconclusive", STATUS_COLOURS["inconclusive"]), ("meets", STATUS_COLOURS["meets"]),
+                 ("too few positives", STATUS_COLOURS["too few positives"])]  # fmt: skip
+        handles += [Line2D([], [], color=c, marker="o", lw=2, label=n) for n, c in shown]
+    ax.legend(handles=handles, loc="lower left", fontsize=6.5)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return fig

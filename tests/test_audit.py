@@ -191,9 +191,14 @@ def test_sensitivity_ci_pooled_and_bootstrap_hand_computed() -> None:
     ci = sensitivity_ci(truth, calls, n_boot=4000, seed=0)
     # 2 of 3 positives; resampling the 2 positive studies gives 2/4, 1/1 or 2/3
     assert math.isclose(ci.estimate, 2 / 3)
-    assert (ci.low, ci.high) == (0.5, 1.0)
     assert set(np.round(ci.distribution, 6)) == {0.5, round(2 / 3, 6), 1.0}
     assert abs(np.mean(ci.distribution == 0.5) - 0.25) < 0.03
+    assert tuple(np.percentile(ci.distribution, [2.5, 97.5])) == (0.5, 1.0)  # the bootstrap
+    # ... widened to the Wilson interval of 2 of 3: (0.208, 0.939) -> (0.208, 1.0)
+    assert ci.low == pytest.approx(0.2076596, abs=1e-6) and ci.high == 1.0
+    assert audit.wilson_interval(0, 10) == (0.0, pytest.approx(0.2775328, abs=1e-6))
+    with pytest.raises(ValueError):
+        audit.wilson_interval(3, 2)
     known = np.array([[1, 0], [1, 1], [1, 1]], bool)  # the missed finding was uncertain
     assert sensitivity_ci(truth, calls, known, n_boot=50).estimate == 1.0
     assert sensitivity_ci(np.zeros((2, 2), bool), calls[:2], n_boot=50) is None
@@ -247,10 +252,17 @@ def test_audit_calls_table_flags_and_edge_cases() -> None:
     assert (old.n_studies, old.n_positive, old.sensitivity) == (14, 12, 4 / 12)
     assert old.ci_high < 0.95 and old.status == "below" and old.flagged
     assert (young.n_positive, young.sensitivity, young.fpr) == (4, 1.0, 0.5)
-    assert young.status == "meets"  # 4/4: CI [1, 1]
-    # the misses of the 75+ drag down every group they belong to: both sexes, the one race
-    assert res.flagged_subgroups() == [("age_group", "75+"), ("sex", "F"), ("sex", "M"),
-                                       ("race", "WHITE")]  # fmt: skip
+    # 4/4: the bootstrap alone says [1, 1]; the Wilson floor says 4 findings prove little
+    assert young.status == "inconclusive" and young.ci_low == pytest.approx(0.5101, abs=1e-4)
+    # the misses of the 75+ drag every group they belong to below the threshold (both sexes,
+    # the one race), but only the 75+ are worse than everybody else: only they are flagged
+    assert res.flagged_subgroups() == [("age_group", "75+")]
+    below = res.table[res.table.status == "below"]
+    assert sorted(zip(below.attribute, below.subgroup, strict=True)) == [
+        ("age_group", "75+"), ("race", "WHITE"), ("sex", "F"), ("sex", "M")]  # fmt: skip
+    assert old.gap == pytest.approx(4 / 12 - 4 / 4) and old.gap_high < 0 and old.worse_than_rest
+    assert math.isnan(t.loc[("race", "WHITE"), "gap"])  # nobody else to compare with
+    assert "BELOW (no gap to the rest) sex=F" in res.summary()
     assert t.loc[("edge_case", "support devices / implants"), "status"] == "empty"
     assert t.loc[("edge_case", "post-surgical"), "status"] == "too few positives"
     assert t.loc[("sex", "F"), "sensitivity"] == pytest.approx(4 / 8)
@@ -266,6 +278,30 @@ def test_audit_calls_table_flags_and_edge_cases() -> None:
         audit_calls(truth, calls, known, groups.iloc[:5])
 
 
+def test_resolve_overlaps_keeps_the_subgroup_that_carries_the_misses() -> None:
+    # 75+: 20 effusions, 2 called (16 black, 4 white patients); the other black patients are
+    # all called. Black patients are worse than the rest too, but only through their 75+:
+    # without the 75+ they are perfect, while the 75+ stay bad without the black patients.
+    blocks = [(16, "75+", "BLACK", 2), (4, "75+", "WHITE", 0), (10, "40-59", "BLACK", 10),
+              (60, "40-59", "WHITE", 60)]  # fmt: skip
+    age, race, called = [], [], []
+    for count, a, r, k in blocks:
+        age += [a] * count
+        race += [r] * count
+        called += [True] * k + [False] * (count - k)
+    n = len(age)
+    groups = pd.DataFrame({"age_group": age, "sex": ["F", "M"] * (n // 2), "race": race,
+                           "support_devices": False, "post_surgical": False, "pediatric": False})  # fmt: skip
+    truth = np.ones((n, 1), bool)
+    res = audit_calls(truth, np.array(called)[:, None], truth, groups, n_boot=1000,
+                      min_positives=4, edge_cases=(), findings=("Pleural Effusion",))  # fmt: skip
+    t = res.table.set_index(["attribute", "subgroup"])
+    assert t.loc[("race", "BLACK"), "candidate"] and not t.loc[("race", "BLACK"), "flagged"]
+    assert t.loc[("race", "BLACK"), "explained_by"] == "age_group=75+"
+    assert res.flagged_subgroups() == [("age_group", "75+")]
+    assert "explained by age_group=75+" in res.summary()
+
+
 def test_bias_audit_detection_and_report_sources() -> None:
     ages = [80] * 6 + [30] * 6
     rows = [{"Pleural Effusion": 1.0}] * 4 + [{}] * 2 + [{"Pleural Effusion": 1.0}] * 4 + [{}] * 2
@@ -274,7 +310,9 @@ def test_bias_audit_detection_and_report_sources() -> None:
     probs[[0, 6, 7, 8, 9], K["Pleural Effusion"]] = 0.9  # misses 3 of 4 effusions in the 75+
     det = CriticalDetector(probs, dict.fromkeys(CRITICAL_FINDINGS, 0.5))
     res = bias_audit(det, data, n_boot=200, min_positives=4)
-    assert res.flagged_subgroups() == [("age_group", "75+"), ("race", "WHITE")]  # 5/8 overall
+    assert res.flagged_subgroups() == [("age_group", "75+")]
+    # everybody is white: 5/8 is below the threshold, but there is no "rest" to be worse than
+    assert res.table.set_index("subgroup").loc["WHITE", "status"] == "below"
     res = bias_audit(det, data, n_boot=200, min_positives=4, attributes=("age_group",))
     assert res.flagged_subgroups() == [("age_group", "75+")]
     assert res.thresholds == dict.fromkeys(CRITICAL_FINDINGS, 0.5)
@@ -400,3 +438,82 @@ def test_mimic_iv_demographics_and_ages_at_the_study(tmp_path: Path) -> None:
                          "StudyDate": [21550304, 21550304]})  # fmt: skip
     meta.to_csv(tmp_path / "mimic-cxr-2.0.0-metadata.csv", index=False)
     assert audit.mimic_cxr_study_years(tmp_path) == {501: 2155}
+
+
+# --------------------------------------------------------------------------- ground truth
+@pytest.fixture(scope="module")
+def calibrated_encoder() -> CriticalDetector:
+    """The course encoder's classifier at its validation operating point (95 % target)."""
+    from course_utils.data import ensure_embedded_dataset, load_mimic_cxr_dataset
+    from course_utils.model import ensure_pretrained_encoder, load_pretrained_encoder
+
+    encoder = load_pretrained_encoder(ensure_pretrained_encoder(), with_head=True)
+    val = load_mimic_cxr_dataset(ensure_embedded_dataset(), "val", load_pixels=True)
+    return CriticalDetector.calibrate(encoder, val, target_sensitivity=0.95)
+
+
+@pytest.fixture(scope="module")
+def critical_reports() -> pd.DataFrame:
+    """Every IU report with a critical finding plus 150 without (uid order): small builds whose
+    test split holds as many critical findings as the full one (about 70)."""
+    from course_utils.data import load_iu_reports
+    from course_utils.labels import label_reports
+
+    iu = load_iu_reports()
+    iu = iu[iu["findings"].str.strip() != ""].reset_index(drop=True)
+    values = label_reports((iu["findings"] + " " + iu["impression"]).tolist())
+    critical = (values[list(CRITICAL_FINDINGS)] == 1.0).any(axis=1)
+    table = pd.concat([iu[critical], iu[~critical].head(150)])
+    return table.sort_values("uid").reset_index(drop=True)
+
+
+@pytest.mark.slow  # six small builds (about 10 s per seed on 2 cores)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_audit_finds_the_injected_subgroup_and_is_quiet_on_the_control(
+    seed: int, tmp_path: Path, calibrated_encoder: CriticalDetector, critical_reports: pd.DataFrame
+) -> None:
+    from course_utils.data import load_mimic_cxr_dataset
+
+    # seeds other than 42: every image is new to the encoder (it trained on seed 42's renders)
+    kw = dict(seed=seed, reports=critical_reports, workers=2)
+    preset = audit.AUDIT_PRESETS[audit.DEFAULT_PRESET]
+    results = {}
+    for name, which in (("control", None), ("effect", preset)):
+        path = audit.build_audit_dataset(which, tmp_path / name, **kw)
+        split = load_mimic_cxr_dataset(path, "test", load_pixels=True)
+        results[name] = bias_audit(calibrated_encoder, split, n_boot=1000, seed=seed)
+    assert results["control"].overall["n_positive"] >= 60
+    assert results["control"].flagged_subgroups() == []
+    assert results["effect"].flagged_subgroups() == [(preset.attribute, preset.subgroup)]
+    row = results["effect"].table.set_index(["attribute", "subgroup"]).loc[("age_group", "75+")]
+    assert row.ci_high < 0.95 and row.gap_high < 0
+
+
+def test_ensure_audit_dataset_builds_once_and_rebuilds_when_the_effect_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from course_utils.data.embedded import EMBEDDED_VERSION
+
+    monkeypatch.setattr(audit, "data_cache_dir", lambda: tmp_path)
+    monkeypatch.setattr("course_utils.config.data_cache_dir", lambda: tmp_path)
+    built = []
+
+    def fake_build(preset, out_dir, *, image_size, seed, progress):  # writes only the marker
+        built.append(preset.name if preset else None)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        info = {"version": EMBEDDED_VERSION, "seed": seed, "image_size": image_size,
+                "max_studies": None, "only_splits": ["test"],
+                "subgroup_effects": preset.subgroup_effects() if preset else {}}  # fmt: skip
+        (out_dir / "embedded_dataset.json").write_text(json.dumps(info))
+        return out_dir
+
+    monkeypatch.setattr(audit, "build_audit_dataset", fake_build)
+    path = audit.ensure_audit_dataset()
+    assert path == tmp_path / "embedded-128px-seed42-audit-portable-elderly"
+    assert audit.ensure_audit_dataset() == path and built == ["portable-elderly"]
+    audit.ensure_audit_dataset(None)
+    assert built == ["portable-elderly", None]
+    stronger = AuditPreset("portable-elderly", "age_group", "75+", {"exposure": 4.0}, "")
+    monkeypatch.setitem(audit.AUDIT_PRESETS, "portable-elderly", stronger)
+    audit.ensure_audit_dataset()  # same folder, other effect: rebuilt
+    assert built == ["portable-elderly", None, "portable-elderly"]

@@ -72,7 +72,7 @@ def test_sensitivity_mistakes_fail(mistake: dict, message: str) -> None:
 def make_audit(
     flag_on: str = "ci", uncertain: str = "exclude", column: str = "age_group",
     min_positives_rule: bool = True, use_threshold: bool = True, label_columns: str = "critical",
-    bootstrap: str = "library",
+    bootstrap: str = "library", gap_rule: bool = True,
 ):  # fmt: skip
     """bias_audit as a student might write it (one knob per mistake)."""
 
@@ -92,15 +92,23 @@ def make_audit(
             for subgroup, idx in groups.groupby(attribute).indices.items():
                 t, c, k = truth[idx], calls[idx], known[idx]
                 n_pos = int((t & k).sum())
+                rest = np.setdiff1d(np.arange(len(truth)), idx)
                 if bootstrap == "library":
                     ci = audit.sensitivity_ci(t, c, k, n_boot=n_boot, seed=seed)
                     est, low, high = (ci.estimate, ci.low, ci.high) if ci else (np.nan,) * 3
-                else:  # own loop: resample the subgroup's studies
-                    est, low, high = _own_bootstrap(t & k, c, n_boot, seed)
+                    gap, _, gap_high = audit.sensitivity_gap_ci(truth, calls, known, idx,
+                                                                n_boot=n_boot, seed=seed)  # fmt: skip
+                else:  # own loop: resample the subgroup's studies, then the others'
+                    est, low, high, dist = _own_bootstrap(t & k, c, n_boot, seed)
+                    other, _, _, dist_rest = _own_bootstrap(
+                        truth[rest] & known[rest], calls[rest], n_boot, seed + 7
+                    )
+                    gap = est - other
+                    gap_high = np.nanpercentile(dist - dist_rest, 97.5) if n_pos else np.nan
                 if flag_on == "ci":
-                    flagged = high < threshold
+                    flagged = high < threshold and (gap_high < 0 or not gap_rule)
                 elif flag_on == "point":
-                    flagged = est < threshold
+                    flagged = est < threshold and gap < 0
                 else:  # demographic parity: call rate far from the overall call rate
                     flagged = abs(c[k].mean() - overall_rate) > 0.1
                 if min_positives_rule:
@@ -114,15 +122,16 @@ def make_audit(
 
 
 def _own_bootstrap(positive: np.ndarray, calls: np.ndarray, n_boot: int, seed: int):
+    """Resample *all* the studies (not only those with positives), another RNG stream."""
     tp, pos = (positive & calls).sum(1), positive.sum(1)
     if pos.sum() == 0:
-        return (np.nan,) * 3
-    rng = np.random.default_rng(seed + 1)  # another RNG stream than the library's
+        return np.nan, np.nan, np.nan, np.full(n_boot, np.nan)
+    rng = np.random.default_rng(seed + 1)
     idx = rng.integers(0, len(pos), size=(n_boot, len(pos)))
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"):
         dist = tp[idx].sum(1) / pos[idx].sum(1)
     low, high = np.nanpercentile(dist, [2.5, 97.5])
-    return tp.sum() / pos.sum(), low, high
+    return tp.sum() / pos.sum(), low, high, dist
 
 
 def test_reference_and_correct_alternatives_pass() -> None:
@@ -135,6 +144,7 @@ def test_reference_and_correct_alternatives_pass() -> None:
     "mistake, message",
     [
         ({"flag_on": "point"}, "flags exactly the right subgroups"),  # CIs ignored
+        ({"gap_rule": False}, "'overlap'.*flags exactly"),  # flags every group below 0.95
         ({"flag_on": "parity"}, "flags exactly the right subgroups"),  # demographic parity
         ({"uncertain": "positive"}, "positive critical findings"),
         ({"column": "age"}, "one row per subgroup"),  # raw age instead of age groups
@@ -148,30 +158,29 @@ def test_audit_mistakes_fail(mistake: dict, message: str) -> None:
         check_bias_audit(make_audit(**mistake), n_boot=N_BOOT)
 
 
-def test_fixture_answers_are_what_the_docstring_says() -> None:
-    model, data = audit_fixture()
+def test_fixture_answers_are_what_the_comments_say() -> None:
+    model, data = audit_fixture("mistakes")
     table = reference_table(model, data, n_boot=N_BOOT).set_index(["attribute", "subgroup"])
     flagged = sorted(map(tuple, table.index[table.flagged]))
     assert flagged == [("age_group", "75+"), ("race", "UNKNOWN"), ("sex", "F")]
-    assert table.loc[("race", "ASIAN"), "sensitivity"] == pytest.approx(11 / 12)
+    assert table.loc[("race", "ASIAN"), "sensitivity"] == pytest.approx(10 / 12)
     assert table.loc[("age_group", "60-74"), "n_positive"] == 20  # uncertain fractures left out
+    model, data = audit_fixture("overlap")
+    table = reference_table(model, data, n_boot=N_BOOT).set_index(["attribute", "subgroup"])
+    assert sorted(map(tuple, table.index[table.flagged])) == [("age_group", "75+"),
+                                                              ("race", "UNKNOWN")]  # fmt: skip
+    assert table.loc[("sex", "F"), "sensitivity"] == table.loc[("sex", "M"), "sensitivity"] == 0.7
 
 
 def test_ground_truth_part_compares_with_the_reference() -> None:
-    # the "trained detector" part: here the fixture plays audit and control set
-    model, data = audit_fixture()
+    # the "trained detector" part: here a fixture plays the audit and the control test set
+    model, data = audit_fixture("overlap")
     check_bias_audit(make_audit(), model, data, data, n_boot=N_BOOT)
-    with pytest.raises(CheckFailed, match="audit test set"):
-        check_bias_audit(_flag_nothing_on_second_call(), model, data, data, n_boot=N_BOOT)
-
-
-def _flag_nothing_on_second_call():
-    calls = {"n": 0}
     right = make_audit()
 
-    def bias_audit(*args, **kwargs):
-        calls["n"] += 1
-        out = right(*args, **kwargs)
-        return out.assign(flagged=False) if calls["n"] == 3 else out
+    def blind_on_the_audit_set(m, test_dataset, **kwargs):
+        out = right(m, test_dataset, **kwargs)
+        return out.assign(flagged=False) if test_dataset is data else out
 
-    return bias_audit
+    with pytest.raises(CheckFailed, match="audit test set.*flags what the reference flags"):
+        check_bias_audit(blind_on_the_audit_set, model, data, data, n_boot=N_BOOT)

@@ -35,7 +35,8 @@ from ..labels import CHEXPERT_LABELS
 from . import Checker
 
 _K = {name: CHEXPERT_LABELS.index(name) for name in CHEXPERT_LABELS}
-CI_TOLERANCE = 0.1  # bootstrap variants (other resampling, other RNG) move the bounds a little
+# Bootstrap variants (other resampling, other RNG, no Wilson floor at 0 % / 100 %) move the bounds.
+CI_TOLERANCE = 0.2
 _COLUMNS = ("attribute", "subgroup", "n_positive", "sensitivity", "ci_low", "ci_high", "flagged")
 
 
@@ -104,36 +105,45 @@ def check_critical_sensitivity(critical_sensitivity: Callable[..., Any]) -> None
 
 
 # --------------------------------------------------------------------------- q9_2
-def audit_fixture() -> tuple[CriticalDetector, dict[str, Any]]:
-    """A hand-made audit (detector at probability 0.5, dataset dict) with known answers.
-
-    * 75+ (female, race unknown): 20 effusions, 8 called -> 0.4: flagged, and so are the
-      women and race UNKNOWN, whose misses these are;
-    * 18-39 (asian): 12 pneumothoraces, 11 called -> 0.917 < 0.95, but the CI reaches 1: not
-      flagged;
-    * 40-59: 40 effusions called (white) + 30 normals of which 10 called, 20 lesions called +
-      5 normals (black: high call rate, perfect sensitivity), 3 missed effusions (race OTHER:
-      too few positives to flag on their own);
-    * 60-74 (white men): 20 fractures called, 30 *uncertain* fractures not called.
-    """
-    blocks = [  # (count, age, race, labels, which studies are called, sex pattern)
+#: (count, age, race, labels, which studies the detector calls, sex pattern) per block.
+Block = tuple[int, int, str, dict[str, float], str, str]
+AUDIT_FIXTURES: dict[str, list[Block]] = {
+    # 75+ (women, race unknown): 20 effusions, 8 called -> flagged, like the women and race
+    # UNKNOWN whose misses these are; asian 18-39: 10 of 12 called (0.83 is under 0.95 and
+    # under the rest, but both CIs reach across: not flagged); black 40-59: high call rate,
+    # every lesion called; race OTHER: 3 missed effusions (too few to flag); white men 60-74:
+    # 20 fractures called, 30 *uncertain* fractures not called.
+    "mistakes": [
         (20, 80, "UNKNOWN", {"Pleural Effusion": 1.0}, "first 8", "F"),
-        (12, 30, "ASIAN", {"Pneumothorax": 1.0}, "first 11", "FM"),
-        (40, 50, "WHITE", {"Pleural Effusion": 1.0}, "all", "FM"),
+        (12, 30, "ASIAN", {"Pneumothorax": 1.0}, "first 10", "FM"),
+        (100, 50, "WHITE", {"Pleural Effusion": 1.0}, "all", "FM"),
         (30, 50, "WHITE", {"No Finding": 1.0}, "first 10", "FM"),
         (20, 45, "BLACK/AFRICAN AMERICAN", {"Lung Lesion": 1.0}, "all", "FM"),
         (5, 45, "BLACK/AFRICAN AMERICAN", {}, "none", "FM"),
         (3, 55, "OTHER", {"Pleural Effusion": 1.0}, "none", "F"),
         (20, 65, "WHITE", {"Fracture": 1.0}, "all", "M"),
         (30, 66, "WHITE", {"Fracture": -1.0}, "none", "M"),
-    ]
+    ],
+    # 75+ (both sexes, race unknown): 40 effusions, 16 called. Their misses take women and men
+    # alike below 0.95 (0.7 each), but neither sex is worse than the other: only the 75+ (and
+    # race UNKNOWN, the same studies) are flagged.
+    "overlap": [
+        (40, 82, "UNKNOWN", {"Pleural Effusion": 1.0}, "first 16", "FM"),
+        (40, 50, "WHITE", {"Pleural Effusion": 1.0}, "all", "FM"),
+        (10, 50, "WHITE", {}, "none", "FM"),
+    ],
+}
+
+
+def audit_fixture(name: str = "mistakes") -> tuple[CriticalDetector, dict[str, Any]]:
+    """A hand-made audit (detector at probability 0.5, dataset dict) from :data:`AUDIT_FIXTURES`."""
     rows, meta, probs = [], [], []
-    for count, age, race, labels, called, sexes in blocks:
+    for count, age, race, labels, called, sexes in AUDIT_FIXTURES[name]:
         for j in range(count):
             p = np.full(len(CHEXPERT_LABELS), 0.1)
             if called == "all" or (called.startswith("first") and j < int(called.split()[1])):
-                for name in labels:
-                    p[_K[name]] = 0.9
+                for label in labels:
+                    p[_K[label]] = 0.9
             rows.append(labels)
             probs.append(p)
             meta.append({"study_id": 1000 + len(meta), "age": age, "sex": sexes[j % len(sexes)],
@@ -155,13 +165,19 @@ def reference_table(
     seed: int = 42,
     min_positives: int = 10,
 ) -> pd.DataFrame:
-    """The library's answer in the student's format (demographic attributes only)."""
+    """The library's answer in the student's format (demographic attributes only).
+
+    ``flagged`` is the library's ``candidate`` column: below the threshold and worse than the
+    rest. The library's extra step that drops candidates another flagged subgroup explains
+    (:func:`course_utils.audit.resolve_overlaps`) is shown in the notebook, not asked for.
+    """
     truth, known = critical_truth(test_dataset["labels"])
     calls = model.calls(test_dataset)
     result = audit_calls(truth, calls, known, subgroup_table(test_dataset), threshold=threshold,
                          n_boot=n_boot, seed=seed, min_positives=min_positives,
                          edge_cases=())  # fmt: skip
-    return result.table[list(_COLUMNS)]
+    table = result.table.assign(flagged=result.table["candidate"])
+    return table[list(_COLUMNS)]
 
 
 def _as_table(check: Checker, out: Any, where: str) -> pd.DataFrame:
@@ -179,7 +195,9 @@ def _flags(table: pd.DataFrame) -> list[tuple[str, str]]:
     return sorted(map(tuple, table.index[table["flagged"].astype(bool)]))
 
 
-def _compare(check: Checker, got: pd.DataFrame, want: pd.DataFrame, where: str) -> None:
+def _compare(
+    check: Checker, got: pd.DataFrame, want: pd.DataFrame, where: str, min_positives: int = 10
+) -> None:
     want = want.assign(subgroup=want["subgroup"].astype(str)).set_index(["attribute", "subgroup"])
     check.expect(sorted(got.index) == sorted(want.index),
                  f"[{where}] one row per subgroup of age_group, sex and race",
@@ -197,6 +215,8 @@ def _compare(check: Checker, got: pd.DataFrame, want: pd.DataFrame, where: str) 
         check.expect(abs(float(row["sensitivity"]) - ref["sensitivity"]) < 1e-9,
                      f"[{where}] {key}: pooled sensitivity", round(ref["sensitivity"], 4),
                      row["sensitivity"])  # fmt: skip
+        if ref["n_positive"] < min_positives:  # never flagged: any honest interval will do
+            continue
         low, high = float(row["ci_low"]), float(row["ci_high"])
         ok = low <= ref["sensitivity"] + 1e-9 <= high + 2e-9 and (
             abs(low - ref["ci_low"]) < CI_TOLERANCE and abs(high - ref["ci_high"]) < CI_TOLERANCE
@@ -207,9 +227,10 @@ def _compare(check: Checker, got: pd.DataFrame, want: pd.DataFrame, where: str) 
                      "the studies of the subgroup")  # fmt: skip
     check.expect(_flags(got) == _flags(want), f"[{where}] flags exactly the right subgroups",
                  _flags(want), _flags(got),
-                 "flag when the whole CI is below the threshold (ci_high < threshold) and the "
-                 "subgroup has at least min_positives positives - not on the point estimate, "
-                 "and never on call rates (demographic parity)")  # fmt: skip
+                 "flag when the whole CI is below the threshold (ci_high < threshold), the "
+                 "whole CI of the gap to the other studies is below 0 (gap_high < 0) and the "
+                 "subgroup has at least min_positives positives - not on point estimates, and "
+                 "never on call rates (demographic parity)")  # fmt: skip
 
 
 def check_bias_audit(
@@ -228,9 +249,9 @@ def check_bias_audit(
             reference's on both (the injected subgroup on the audit set, none on the control).
     """
     check = Checker("bias_audit")
-    model, data = audit_fixture()
-    for threshold in (0.95, 0.3):
-        where = f"hand-made audit, threshold {threshold}"
+    for name, threshold in (("mistakes", 0.95), ("overlap", 0.95), ("mistakes", 0.3)):
+        model, data = audit_fixture(name)
+        where = f"hand-made audit '{name}', threshold {threshold}"
         out = check.call(bias_audit, model, data, threshold=threshold, n_boot=n_boot, seed=42,
                          min_positives=10)  # fmt: skip
         want = reference_table(model, data, threshold, n_boot, 42, 10)
