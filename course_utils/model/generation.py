@@ -50,7 +50,8 @@ class ReportGenerationMixin:
         tokenizer: Any,
         gen_kwargs: dict[str, Any],
     ) -> torch.Tensor:
-        raise NotImplementedError
+        """Hook each model class implements (RadiologyMultimodalModel, Qwen2VLReportModel)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _generate_token_ids")
 
     def _prompt_ids(
         self, n: int, prompt: str | list[str] | None, tokenizer: Any
