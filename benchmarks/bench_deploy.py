@@ -193,7 +193,7 @@ def _fixed_length_generate(model: Any, images: Any, new_tokens: int, visual: Any
     with torch.no_grad():
         b = images.shape[0]
         ids = torch.full((b, 24), 5, dtype=torch.long, device=images.device)  # a 24-token prompt
-        visual = model.visual_tokens(images) if visual is None else visual
+        visual = model.prefix_tokens(images) if visual is None else visual
         inputs, _ = model._lm_inputs(visual, ids, torch.ones_like(ids))
         out = model.lm(**inputs, use_cache=True)
         past, last = out.past_key_values, inputs["position_ids"][:, -1:]
@@ -277,7 +277,7 @@ def bench_colab_int8_cpu(threads: int = 2, new_tokens: int = 16, repeats: int = 
     size = int(model.vision.config.image_size)
     images = torch.rand(1, 1, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        visual = model.visual_tokens(images)  # the encoder is not quantised: time the LM only
+        visual = model.prefix_tokens(images)  # the encoder is not quantised: time the LM only
     times: dict[str, list[float]] = {"fp32": [], "int8": []}
     for rep in range(repeats + 1):
         for name, m in (("fp32", model), ("int8", int8)):

@@ -916,7 +916,10 @@ def _lm_attention(
     model: Any, tokenizer: Any, image: Any, prompt: str, text: str, layers: Sequence[int] | None
 ) -> tuple[Any, int, int, int]:
     """One teacher-forced pass with eager attention -> (attention (T, T) averaged over heads and
-    ``layers``, visual tokens N, prompt tokens P, text tokens L)."""
+    ``layers``, visual tokens N, prompt tokens P, text tokens L).
+
+    Label-prompt tokens, when the model has them, sit between the visual tokens and the
+    prompt; they count in P here (they are not part of the image grid)."""
     import torch
 
     from .model.prompts import encode_prompt
@@ -930,13 +933,18 @@ def _lm_attention(
         raise ValueError("the prompt encodes to no token: nothing predicts the first word")
     device = model.device
     with torch.no_grad(), eager_attention(model.lm):
-        visual = model.visual_tokens(_one_image(image).to(device))
+        pixels = _one_image(image).to(device)
+        prefix = model.prefix_tokens(pixels) if hasattr(model, "prefix_tokens") else None
+        visual = model.visual_tokens(pixels)
+        if prefix is None:
+            prefix = visual
         input_ids = torch.tensor([prompt_ids + ids], device=device)
-        inputs, _ = model._lm_inputs(visual, input_ids, None)
+        inputs, _ = model._lm_inputs(prefix, input_ids, None)
         out = model.lm(**inputs, output_attentions=True, use_cache=False)
     chosen = range(len(out.attentions)) if layers is None else list(layers)
     att = torch.stack([out.attentions[k][0].float() for k in chosen]).mean(dim=(0, 1))
-    return att, int(visual.shape[1]), len(prompt_ids), len(ids)
+    n_label = int(prefix.shape[1] - visual.shape[1])
+    return att, int(visual.shape[1]), n_label + len(prompt_ids), len(ids)
 
 
 def _visual_rows(att: Any, n: int, n_prompt: int, positions: Sequence[int]) -> LMAttention:

@@ -139,6 +139,23 @@ def test_onnx_generation_is_identical_to_pytorch(tiny, exported) -> None:
     assert np.allclose(probs, TorchBackend(model, tok).label_probs(images), atol=1e-5)
 
 
+def test_label_prompt_model_exports_and_generates_identically(tmp_path) -> None:
+    """The course models feed the head's probabilities to the LM as K tokens: the ONNX runtime
+    rebuilds them from the exported tables and writes exactly PyTorch's reports."""
+    model, tok, split = tiny_model_and_data(seed=0, label_prompt=True)
+    ds = ReportDataset(split, tok, "findings", max_length=64)
+    images, prompts = ds.pixels.float(), ds.prompts
+    ref = model.generate(images, prompt=prompts, tokenizer=tok, max_new_tokens=MAX_NEW)
+    assert sum(r == t.lower() for r, t in zip(ref, ds.reports, strict=True)) >= 6  # learned
+    assert greedy_generate(model, tok, images, prompts, MAX_NEW) == ref
+    onnx_model = OnnxReportModel(export_onnx(model, tok, tmp_path / "lp", "lp-v1"), threads=1)
+    assert onnx_model.label_prompt is not None
+    assert onnx_model.prefix(onnx_model.encode(images[:2])).shape[1] == (
+        model.num_visual_tokens() + model.num_label_tokens
+    )
+    assert onnx_model.generate(images, prompts, MAX_NEW) == ref
+
+
 def test_export_without_metadata_is_refused(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="onnx_model.json"):
         OnnxReportModel(tmp_path)

@@ -415,13 +415,14 @@ def tok():
     return train_word_tokenizer(texts * 2 + prompt_corpus(ages=range(40, 42)), min_frequency=1)
 
 
-def build_model(tok, visual_grid=None, vision_layers=1):
+def build_model(tok, visual_grid=None, vision_layers=1, label_prompt=False):
     from course_utils.model import ModelConfig, RadiologyMultimodalModel
 
     torch.manual_seed(0)
     cfg = ModelConfig.tiny(len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
                            eos_token_id=tok.eos_token_id, image_size=IMAGE,
-                           vision_checkpoint=None, visual_grid=visual_grid)  # fmt: skip
+                           vision_checkpoint=None, visual_grid=visual_grid,
+                           label_prompt=label_prompt)  # fmt: skip
     cfg.vision_config.update(num_hidden_layers=vision_layers)
     cfg.lm_config.update(hidden_size=32, intermediate_size=64, num_attention_heads=2)
     cfg.llm_dim = 32
@@ -468,11 +469,12 @@ def _manual_lm_attention(model, tok, image, prompt, text, positions):
     p_ids = encode_prompt(tok, prompt)
     with torch.no_grad(), E.eager_attention(model.lm):
         visual = model.visual_tokens(image[None])
-        inputs, _ = model._lm_inputs(visual, torch.tensor([p_ids + ids]), None)
+        prefix = model.prefix_tokens(image[None])  # + K label tokens when the model has them
+        inputs, _ = model._lm_inputs(prefix, torch.tensor([p_ids + ids]), None)
         att = model.lm(**inputs, output_attentions=True).attentions
-    n = visual.shape[1]
+    n, k = visual.shape[1], prefix.shape[1] - visual.shape[1]
     mean = torch.stack([a[0] for a in att]).mean(dim=(0, 1))
-    rows = mean[[n + len(p_ids) + p - 1 for p in positions], :n]
+    rows = mean[[n + k + len(p_ids) + p - 1 for p in positions], :n]
     return rows.sum(1).mean().item(), (rows.mean(0) / rows.mean(0).sum()).numpy()
 
 
@@ -487,6 +489,11 @@ def test_lm_visual_attention_matches_a_manual_computation(model, tok):
     assert np.allclose(result.grid.ravel(), grid, atol=1e-6)
     assert math.isclose(result.visual_share, share, rel_tol=1e-5) and 0 < share < 1
     assert model.lm.config._attn_implementation != "eager"  # restored afterwards
+    labelled = build_model(tok, label_prompt=True)  # label tokens are not part of the grid
+    result = E.lm_visual_attention(labelled, tok, image, prompt, TEXT, positions)
+    share, grid = _manual_lm_attention(labelled, tok, image, prompt, TEXT, positions)
+    assert result.grid.shape == (4, 4) and np.allclose(result.grid.ravel(), grid, atol=1e-6)
+    assert math.isclose(result.visual_share, share, rel_tol=1e-5)
     pooled = E.lm_visual_attention(build_model(tok, visual_grid=2), tok, image, prompt, TEXT, [0])
     assert pooled.grid.shape == (2, 2)
     with pytest.raises(ValueError, match="positions"):

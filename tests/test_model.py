@@ -301,6 +301,61 @@ def test_save_load_round_trip(tok, model, tmp_path):
         RadiologyMultimodalModel.from_pretrained(tmp_path / "ckpt")
 
 
+def test_label_prompt_conditions_the_lm_on_the_head(tok, tmp_path):
+    """label_prompt=True: K more prefix tokens p·e⁺ + (1-p)·e⁻, the LM reads them, the report loss
+    does not train the head, they train with the projector, and they survive save/load and
+    generation (KV cache == forward loop)."""
+    from course_utils.model.components import LabelPrompt
+    from course_utils.train import stage_parts
+
+    lp = LabelPrompt(3, 4)
+    probs = torch.tensor([[1.0, 0.0, 0.25]])
+    expected = torch.stack(
+        [lp.present[0], lp.absent[1], 0.25 * lp.present[2] + 0.75 * lp.absent[2]]
+    )
+    assert torch.allclose(lp(probs)[0], expected)
+    with pytest.raises(ValueError, match=r"\(B, 3\)"):
+        lp(torch.rand(2, 4))
+
+    m = build(tok, seed=3, label_prompt=True)
+    images, ids, mask, labels, targets = batch(tok)
+    assert m.num_label_tokens == 14
+    assert m.prefix_tokens(images).shape == (2, m.num_visual_tokens() + 14, 128)
+    out = m(images, ids, mask, labels=labels, finding_targets=targets)
+    assert out.logits.shape == (*ids.shape, len(tok))
+    # the LM's output moves with the head's verdicts (same images, same text)
+    with torch.no_grad():
+        m.detection_head.linear.bias.add_(5.0)
+        shifted = m(images, ids, mask).logits
+        m.detection_head.linear.bias.sub_(5.0)
+    assert float((shifted - out.logits.detach()).abs().max()) > 1e-3
+    # the report loss reaches the label prompt but never the head (probabilities are detached)
+    m.zero_grad()
+    m.set_trainable(projector=True, lm=True, head=True)
+    m(images, ids, mask, labels=labels).loss_report.backward()
+    assert (
+        m.detection_head.linear.weight.grad is None
+        or float(m.detection_head.linear.weight.grad.abs().sum()) == 0.0
+    )
+    assert float(m.label_prompt.present.grad.abs().sum()) > 0
+    m.set_trainable(projector=False, lm=True, head=True)
+    assert not m.label_prompt.present.requires_grad
+    assert any(p is m.label_prompt.present for p in stage_parts(m)["projector"].parameters())
+    assert "label_prompt" in count_parameters(m).index
+    # save / load and generation
+    m.save_pretrained(tmp_path / "lp")
+    loaded = RadiologyMultimodalModel.from_pretrained(tmp_path / "lp").eval()
+    assert loaded.config.label_prompt
+    assert torch.allclose(
+        loaded(images, ids, mask).logits, m.eval()(images, ids, mask).logits, atol=1e-6
+    )
+    result = m.generate(images[:1], build_prompt(), tok, max_new_tokens=6, return_scores=True)
+    loop = encode_prompt(tok, build_prompt())
+    for _ in range(len(result.token_ids[0])):
+        loop.append(int(m(images[:1], torch.tensor([loop])).logits[0, -1].argmax()))
+    assert loop[len(encode_prompt(tok, build_prompt())) :] == result.token_ids[0]
+
+
 def test_bad_inputs_raise_clear_errors(tok, model):
     images, ids, mask, _, _ = batch(tok)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):

@@ -51,7 +51,7 @@ def greedy_generate(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = tokenizer.eos_token_id
     ids, mask = pad_batch([encode_prompt(tokenizer, p) for p in prompts], pad, side="left")
-    visual = model.visual_tokens(images)
+    visual = model.prefix_tokens(images)  # visual tokens (+ label prompt)
     inputs, _ = model._lm_inputs(visual, torch.tensor(ids), torch.tensor(mask))
     out = model.lm(**inputs, use_cache=True)
     past, logits = out.past_key_values, out.logits[:, -1]

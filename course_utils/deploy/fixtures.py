@@ -214,7 +214,11 @@ def fixture_split(n: int = 8, image_size: int = 64, seed: int = 0) -> dict[str, 
 
 
 def tiny_model_and_data(
-    seed: int = 0, image_size: int = 64, n: int = 8, train_steps: int = 120
+    seed: int = 0,
+    image_size: int = 64,
+    n: int = 8,
+    train_steps: int = 120,
+    label_prompt: bool = False,
 ) -> tuple[Any, Any, dict[str, Any]]:
     """(tiny RadiologyMultimodalModel in eval mode, its tokenizer, a fixture split).
 
@@ -222,17 +226,20 @@ def tiny_model_and_data(
     images -> 16 visual tokens, a 2-layer 32-wide BioGPT), built from config. ``train_steps``
     full-batch AdamW steps (about 2 s) make it write each fixture study's report exactly, so
     greedy outputs differ between studies and stop at ``<eos>`` after different lengths (an
-    untrained model repeats one token forever, which tests nothing). Cached per process; every
-    call returns a fresh copy.
+    untrained model repeats one token forever, which tests nothing). ``label_prompt`` builds
+    the course models' variant (the head's probabilities as K extra LM tokens). Cached per
+    process; every call returns a fresh copy.
     """
     import copy
 
-    model, tok, split = _trained_fixture(seed, image_size, n, train_steps)
+    model, tok, split = _trained_fixture(seed, image_size, n, train_steps, label_prompt)
     return copy.deepcopy(model), tok, split
 
 
 @lru_cache(maxsize=4)
-def _trained_fixture(seed: int, image_size: int, n: int, train_steps: int) -> tuple[Any, Any, Any]:
+def _trained_fixture(
+    seed: int, image_size: int, n: int, train_steps: int, label_prompt: bool = False
+) -> tuple[Any, Any, Any]:
     import torch
 
     from ..model import ModelConfig, RadiologyMultimodalModel
@@ -243,6 +250,7 @@ def _trained_fixture(seed: int, image_size: int, n: int, train_steps: int) -> tu
     cfg = ModelConfig.tiny(
         len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id, image_size=image_size, vision_checkpoint=None,
+        label_prompt=label_prompt,
     )  # fmt: skip
     cfg.vision_config.update(num_hidden_layers=1, hidden_size=32, intermediate_size=64,
                              num_attention_heads=2)  # fmt: skip

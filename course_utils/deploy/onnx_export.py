@@ -36,6 +36,7 @@ from ..model.prompts import build_prompt, encode_prompt, pad_batch
 
 OPSET = 17
 META_NAME = "onnx_model.json"
+LABEL_PROMPT_NAME = "label_prompt.npz"
 ENCODER_OUTPUTS = ("visual_tokens", "label_logits", "embedding")
 
 
@@ -219,6 +220,13 @@ def export_onnx(
     export_encoder_onnx(model, directory / "encoder.onnx")
     export_decoder_onnx(model, directory)
     tokenizer.save_pretrained(directory / "tokenizer")
+    label_prompt = getattr(model, "label_prompt", None)
+    if label_prompt is not None:  # two (K, d_l) tables: a weighted sum needs no graph
+        np.savez(
+            directory / LABEL_PROMPT_NAME,
+            present=_numpy(label_prompt.present),
+            absent=_numpy(label_prompt.absent),
+        )
     meta = {
         "model_version": model_version,
         "image_size": _image_size(model),
@@ -275,6 +283,11 @@ class OnnxReportModel:
         self.tokenizer = PreTrainedTokenizerFast.from_pretrained(directory / "tokenizer")
         self.image_size = int(self.meta["image_size"])
         self.num_layers = int(self.meta["num_layers"])
+        prompt_file = directory / LABEL_PROMPT_NAME
+        self.label_prompt: tuple[np.ndarray, np.ndarray] | None = None
+        if prompt_file.is_file():
+            with np.load(prompt_file) as tables:
+                self.label_prompt = (tables["present"], tables["absent"])
 
     def encode(self, images: Any) -> dict[str, np.ndarray]:
         """images (B, 1, S, S) in [0, 1] -> ``visual_tokens``, ``label_logits``, ``embedding``."""
@@ -291,6 +304,17 @@ class OnnxReportModel:
     def label_probs(self, images: Any) -> np.ndarray:
         """Detection-head probabilities (B, K)."""
         return 1.0 / (1.0 + np.exp(-self.encode(images)["label_logits"]))
+
+    def prefix(self, encoded: dict[str, np.ndarray]) -> np.ndarray:
+        """The LM prefix from :meth:`encode`'s outputs: the visual tokens (B, N, d_l), then the
+        label-prompt tokens ``p·present + (1-p)·absent`` (B, K, d_l) when the model has them."""
+        visual = encoded["visual_tokens"]
+        if self.label_prompt is None:
+            return visual
+        present, absent = self.label_prompt
+        p = (1.0 / (1.0 + np.exp(-encoded["label_logits"].astype(np.float32))))[:, :, None]
+        tokens = p * present[None] + (1.0 - p) * absent[None]
+        return np.concatenate([visual, tokens.astype(visual.dtype)], axis=1)
 
     def _embed(self, ids: np.ndarray) -> np.ndarray:
         return self.embed.run(None, {"input_ids": ids.astype(np.int64)})[0]
@@ -312,7 +336,8 @@ class OnnxReportModel:
         pad_id: int,
         eos_id: int,
     ) -> list[list[int]]:
-        """Greedy ids per study (cut after ``<eos>``) from visual tokens (B, N, d_l).
+        """Greedy ids per study (cut after ``<eos>``) from the LM prefix (B, N, d_l)
+        (:meth:`prefix`: visual tokens, plus label-prompt tokens when the model has them).
 
         A finished report leaves the batch, so a batch costs about its longest report.
         """
@@ -353,7 +378,7 @@ class OnnxReportModel:
     ) -> list[str]:
         """Greedy reports for images (B, 1, S, S) in [0, 1], as ``model.generate`` writes them."""
         tok = self.tokenizer
-        visual = self.encode(images)["visual_tokens"]
+        visual = self.prefix(self.encode(images))
         n = visual.shape[0]
         prompts = [prompt or build_prompt()] * n if not isinstance(prompt, list) else prompt
         if len(prompts) != n:

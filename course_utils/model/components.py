@@ -83,6 +83,34 @@ class DetectionHead(nn.Module):
         return torch.sigmoid(self.forward(h_cls))
 
 
+class LabelPrompt(nn.Module):
+    """The detection head's verdicts as K extra LM input tokens (a PromptMRG-style label prompt).
+
+    ``e_k = p_k · e⁺_k + (1 − p_k) · e⁻_k`` with learned "present" / "absent" embeddings
+    e⁺_k, e⁻_k ∈ R^{d_l}: token k tells the LM how likely finding k is, in its own embedding space.
+    The tokens sit after the visual tokens. Without them a small LM trained for minutes learns the
+    majority answer (a normal report) and ignores what the image shows; with them, writing
+    "pneumothorax" only has to follow one token.
+
+    Shapes: probabilities (B, K) -> tokens (B, K, d_l).
+    """
+
+    def __init__(self, num_labels: int, llm_dim: int, init_std: float = 0.1) -> None:
+        super().__init__()
+        self.present = nn.Parameter(torch.randn(num_labels, llm_dim) * init_std)
+        self.absent = nn.Parameter(torch.randn(num_labels, llm_dim) * init_std)
+
+    def forward(self, probs: torch.Tensor) -> torch.Tensor:
+        """(B, K) probabilities in [0, 1] -> (B, K, d_l)."""
+        if probs.dim() != 2 or probs.shape[-1] != self.present.shape[0]:
+            raise ValueError(
+                f"LabelPrompt expects probabilities (B, {self.present.shape[0]}), "
+                f"got shape {tuple(probs.shape)}"
+            )
+        p = probs.to(self.present.dtype).unsqueeze(-1)
+        return p * self.present + (1.0 - p) * self.absent
+
+
 # ---------------------------------------------------------------------- losses
 def report_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy over the text positions.

@@ -144,6 +144,9 @@ class ModelConfig:
             the CheXpert convention; "No Finding" is never 0 in the data, only 1 or blank) or
             ``"ignore"``.
         freeze_vision: keep the encoder frozen (the case study's choice).
+        label_prompt: also feed the detection head's probabilities to the LM as K label tokens
+            after the visual tokens (:class:`~course_utils.model.components.LabelPrompt`). Off in
+            the case study's architecture; the course's trained models turn it on (notebook 05).
     """
 
     vision_family: str = "vit"
@@ -166,6 +169,7 @@ class ModelConfig:
     blank_policy: str = "negative"
     freeze_vision: bool = True
     encoder_seed: int = 42
+    label_prompt: bool = False
 
     def __post_init__(self) -> None:
         self.validate()

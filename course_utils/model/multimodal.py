@@ -3,7 +3,11 @@ multi-label detection head on the encoder's CLS token (case study §3.4).
 
 Sequence layout inside the LM (``N`` visual tokens, ``T`` text tokens)::
 
-    inputs_embeds = [ H_v (B, N, d_l) | embed(input_ids) (B, T, d_l) ]
+    inputs_embeds = [ H_v (B, N, d_l) | L (B, K, d_l) | embed(input_ids) (B, T, d_l) ]
+
+``L`` are the optional label-prompt tokens (``ModelConfig.label_prompt``: the detection head's
+probabilities as K tokens, :class:`~course_utils.model.components.LabelPrompt`); without them the
+prefix is ``H_v`` alone, the case study's layout.
 
 ``forward`` returns logits for the *text* positions only, (B, T, V): ``logits[:, t]`` is the
 distribution of token ``t + 1``. Visual positions are never LM targets (the model treats them as
@@ -26,6 +30,7 @@ from transformers.utils import ModelOutput
 
 from .components import (
     DetectionHead,
+    LabelPrompt,
     Projector,
     build_language_model,
     build_vision_encoder,
@@ -69,7 +74,8 @@ class RadiologyMultimodalModel(ReportGenerationMixin, nn.Module):
     """LLaVA-style report generator with an auxiliary finding detector.
 
     Components: ``vision`` (frozen ViT/DINOv2), ``projector`` (:class:`Projector`), ``lm``
-    (BioGPT / GPT-2 / LLaMA causal LM), ``detection_head`` (:class:`DetectionHead`).
+    (BioGPT / GPT-2 / LLaMA causal LM), ``detection_head`` (:class:`DetectionHead`) and, with
+    ``config.label_prompt``, ``label_prompt`` (:class:`LabelPrompt`, trained with the projector).
 
     Args:
         config: sizes, sources and loss weights (:class:`ModelConfig`).
@@ -94,6 +100,7 @@ class RadiologyMultimodalModel(ReportGenerationMixin, nn.Module):
             )
         self.projector = Projector(d_v, config.proj_hidden_dim, d_l)
         self.detection_head = DetectionHead(d_v, config.num_labels)
+        self.label_prompt = LabelPrompt(config.num_labels, d_l) if config.label_prompt else None
         channels = int(getattr(self.vision.config, "num_channels", 1))
         mean = torch.as_tensor(config.image_mean, dtype=torch.float32).reshape(-1)
         std = torch.as_tensor(config.image_std, dtype=torch.float32).reshape(-1)
@@ -125,6 +132,8 @@ class RadiologyMultimodalModel(ReportGenerationMixin, nn.Module):
     def set_trainable(self, *, projector: bool = True, lm: bool = True, head: bool = True) -> None:
         """Choose what trains (the encoder stays frozen). Stage 1: ``lm=False``; stage 2: all."""
         self.projector.requires_grad_(projector)
+        if self.label_prompt is not None:
+            self.label_prompt.requires_grad_(projector)
         self.lm.requires_grad_(lm)
         self.detection_head.requires_grad_(head)
         if self.config.freeze_vision:
@@ -178,12 +187,39 @@ class RadiologyMultimodalModel(ReportGenerationMixin, nn.Module):
         return patches, h_cls
 
     def visual_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """Projected visual tokens H_v (B, N, d_l)."""
+        """Projected visual tokens H_v (B, N, d_l) (patches only, no label prompt)."""
         patches, _ = self.encode_images(images)
         return self.projector(patches.to(self.projector.fc1.weight.dtype))
 
+    def lm_prefix(self, visual: torch.Tensor, label_logits: torch.Tensor) -> torch.Tensor:
+        """What goes in front of the text: H_v (B, N, d_l), followed by the K label-prompt
+        tokens (B, K, d_l) when ``config.label_prompt`` is on.
+
+        The head's probabilities are detached: the report loss must not teach the detector to
+        say what is easy to write, only the detection loss trains it.
+        """
+        if self.label_prompt is None:
+            return visual
+        probs = torch.sigmoid(label_logits.detach().float())
+        return torch.cat([visual, self.label_prompt(probs).to(visual.dtype)], dim=1)
+
+    def prefix_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """The LM prefix for images: :meth:`lm_prefix` of the visual tokens and head logits."""
+        patches, h_cls = self.encode_images(images)
+        visual = self.projector(patches.to(self.projector.fc1.weight.dtype))
+        if self.label_prompt is None:
+            return visual
+        label_logits = self.detection_head(h_cls.to(self.detection_head.linear.weight.dtype))
+        return self.lm_prefix(visual, label_logits)
+
+    @property
+    def num_label_tokens(self) -> int:
+        """K when the label prompt is on, else 0."""
+        return 0 if self.label_prompt is None else self.config.num_labels
+
     def num_visual_tokens(self, image_size: int | None = None) -> int:
-        """N for square images of ``image_size`` (default: the encoder's native size)."""
+        """N for square images of ``image_size`` (default: the encoder's native size); the LM
+        prefix is N + :attr:`num_label_tokens` long."""
         size = image_size or int(self.vision.config.image_size)
         side = size // int(self.vision.config.patch_size)
         grid = self.config.visual_grid
@@ -254,7 +290,9 @@ class RadiologyMultimodalModel(ReportGenerationMixin, nn.Module):
             finding_targets: (B, K) CheXpert values 1 / 0 / -1 / NaN for the detection head.
         """
         patches, h_cls = self.encode_images(images)
+        label_logits = self.detection_head(h_cls.to(self.detection_head.linear.weight.dtype))
         visual = self.projector(patches.to(self.projector.fc1.weight.dtype))
+        visual = self.lm_prefix(visual, label_logits)
         lm_inputs, order = self._lm_inputs(visual, input_ids, attention_mask)
         all_logits = self.lm(**lm_inputs, use_cache=False).logits
         if order is not None:  # put positions back in [visual | input_ids] order
@@ -262,7 +300,6 @@ class RadiologyMultimodalModel(ReportGenerationMixin, nn.Module):
             restored.scatter_(1, order.unsqueeze(-1).expand_as(all_logits), all_logits)
             all_logits = restored
         logits = all_logits[:, visual.shape[1] :]
-        label_logits = self.detection_head(h_cls.to(self.detection_head.linear.weight.dtype))
 
         loss_l2 = self.projector.squared_norm()
         loss_report = loss_detect = None
@@ -304,7 +341,7 @@ class RadiologyMultimodalModel(ReportGenerationMixin, nn.Module):
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         ids, mask = pad_batch(prompt_ids, pad_id, side="left")
         device = self.device
-        visual = self.visual_tokens(images)
+        visual = self.prefix_tokens(images)
         inputs, _ = self._lm_inputs(
             visual, torch.tensor(ids, device=device), torch.tensor(mask, device=device)
         )

@@ -297,7 +297,7 @@ def _batch_tokens(batch: dict[str, Any], n_visual: int) -> tuple[int, int]:
 def _num_visual_tokens(model: nn.Module, dataset: ReportDataset) -> int:
     fn = getattr(model, "num_visual_tokens", None)
     if callable(fn):
-        return int(fn(int(dataset.pixels.shape[-1])))
+        return int(fn(int(dataset.pixels.shape[-1]))) + int(getattr(model, "num_label_tokens", 0))
     return 0
 
 

@@ -29,8 +29,8 @@ DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "o_proj", "c_a
 def stage_parts(model: nn.Module) -> dict[str, nn.Module | None]:
     """The parts stage-wise training talks about: ``vision``, ``projector``, ``head``, ``lm``.
 
-    * :class:`~course_utils.model.RadiologyMultimodalModel`: ``vision``, ``projector``,
-      ``detection_head``, ``lm``.
+    * :class:`~course_utils.model.RadiologyMultimodalModel`: ``vision``, ``projector`` (with the
+      label prompt when the model has one), ``detection_head``, ``lm``.
     * :class:`~course_utils.model.Qwen2VLReportModel`: the projector is Qwen2-VL's patch
       merger (the dense layers that turn vision features into LM embeddings, tuned in R2Gen2);
       there is no detection head; ``lm`` is the language model with its output layer.
@@ -39,9 +39,13 @@ def stage_parts(model: nn.Module) -> dict[str, nn.Module | None]:
         TypeError: a model with neither layout.
     """
     if all(hasattr(model, n) for n in ("vision", "projector", "lm")):
+        label_prompt = getattr(model, "label_prompt", None)
         return {
             "vision": model.vision,
-            "projector": model.projector,
+            # the label prompt maps head verdicts into the LM's space: it trains with the projector
+            "projector": model.projector
+            if label_prompt is None
+            else nn.ModuleList([model.projector, label_prompt]),
             "head": getattr(model, "detection_head", None),
             "lm": model.lm,
         }
