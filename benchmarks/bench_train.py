@@ -5,7 +5,8 @@ way notebook 05 does - course-pretrained encoder, small random BioGPT, ``TrainCo
 a 90 s training budget - and measure on the TEST split:
 
 * detection-head macro AUROC (target >= 0.95);
-* CE micro-F1 (14 labels, the course's pinned definition; the 5-label value is recorded too)
+* CE micro-F1 (14 labels, the course's pinned definition, on every seed; the 5-label value is
+  recorded too, not a pass/fail: a handful of positives per label makes it noisy)
   of the greedy reports vs that of a template filled from the same model's detection head
   (``course_utils.baseline.template_baseline`` on the labels the head calls positive: at
   0.5, at per-label thresholds tuned for F1 on val, or at one threshold tuned on val for the
@@ -262,10 +263,6 @@ def bench_train(
         met["detection_macro_auroc"] = (
             r["test_detection_macro_auroc"] >= TARGETS["detection_macro_auroc"]
         )
-        met["ce_ratio_14"] = (
-            r["ce_ratio_to_head_template_14"] >= TARGETS["ce_ratio_to_head_template"]
-        )
-        met["ce_ratio_5"] = r["ce_ratio_to_head_template_5"] >= TARGETS["ce_ratio_to_head_template"]
         met["above_fixed_normal"] = (
             r["test_ce_micro_f1_14"] > r["fixed_normal"]["ce_micro_f1_14"]
             and r["test_ce_micro_f1_5"] > r["fixed_normal"]["ce_micro_f1_5"] + 0.2
@@ -278,6 +275,15 @@ def bench_train(
         ]
         out["findings_ce_ratio_14_over_seeds"] = {
             "values": ratios, "mean": float(np.mean(ratios)), "min": float(np.min(ratios))
+        }  # fmt: skip
+        # the bar is on the course's pinned CE definition (14 CheXpert labels), on every seed;
+        # the 5-label ratio (few positives per label, noisy) is recorded, not a pass/fail
+        met["ce_ratio_14_every_seed"] = min(ratios) >= TARGETS["ce_ratio_to_head_template"]
+        ratios5 = [
+            v["ce_ratio_to_head_template_5"] for k, v in runs.items() if k.startswith("findings")
+        ]
+        out["findings_ce_ratio_5_over_seeds"] = {
+            "values": ratios5, "mean": float(np.mean(ratios5)), "min": float(np.min(ratios5))
         }  # fmt: skip
     if "style" in runs:
         met["style_adherence"] = runs["style"]["test_style_adherence"] >= TARGETS["style_adherence"]
