@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmd = add("run", _run, "execute answer-key notebooks into runs/<timestamp>/")
     cmd.add_argument("notebooks", nargs="*", type=Path)
-    cmd.add_argument("--profile", default="tiny", choices=["tiny", "colab"])
+    cmd.add_argument("--profile", default="tiny", choices=["tiny", "gpu", "colab"])
 
     for name, (_module, help_) in PASSTHROUGH.items():
         sub.add_parser(name, help=f"{help_} (own options: {name} --help)", add_help=False)

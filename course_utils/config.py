@@ -1,11 +1,15 @@
 """Profiles, paths, seeding and device detection.
 
 Every notebook picks a profile in its parameters cell (``PROFILE = "tiny"``) and calls
-:func:`get_profile`. The two profiles share all code; they differ only in sizes and in where
-model weights and data come from:
+:func:`get_profile`. The profiles share all code; they differ only in sizes, in the device and
+in where model weights and data come from:
 
 * ``tiny``  - CPU, offline: the embedded dataset (real IU report text + phantom images) at a
   small image size, tiny transformers built from config, the course's own pretrained encoder.
+* ``gpu``   - the ``tiny`` models and data on a GPU: same sizes, sources and recipe, but
+  ``device="auto"`` (CUDA when torch sees one, else the CPU) and ``mixed_precision="auto"``
+  (bf16/fp16 on CUDA); training budgets count wall-clock seconds. For timing the course's
+  notebooks on an accelerator without downloading anything.
 * ``colab`` - one GPU (a free Colab T4 is enough): 512x512 images, real checkpoints
   loaded with ``from_pretrained``, real MIMIC-CXR-JPG or IU X-ray data when available.
 """
@@ -31,7 +35,7 @@ class Profile:
     """Sizes and sources for one way of running the course.
 
     Attributes:
-        name: ``"tiny"`` or ``"colab"``.
+        name: ``"tiny"``, ``"gpu"`` or ``"colab"``.
         image_size: side of the square images fed to the encoder (case study: 512).
         device: ``"cpu"`` or ``"cuda"``; ``"auto"`` resolves at :func:`get_profile` time.
         max_train_studies: cap on training studies (``None`` = all).
@@ -41,7 +45,9 @@ class Profile:
         lm_checkpoint: language model to load with ``from_pretrained`` (``None`` = from config).
         vlm_checkpoint: Qwen2-VL checkpoint for the R2Gen2 track (``None`` = tiny config).
         load_in_4bit: QLoRA path (bitsandbytes, CUDA only).
-        mixed_precision: ``"no"``, ``"fp16"`` or ``"bf16"`` (passed to accelerate).
+        mixed_precision: ``"no"``, ``"fp16"``, ``"bf16"`` or ``"auto"`` (bf16 on a CUDA GPU
+            that has it, else fp16 on CUDA, ``"no"`` on the CPU; see
+            :meth:`course_utils.train.TrainConfig.resolved_mixed_precision`).
     """
 
     name: str
@@ -73,6 +79,19 @@ PROFILES: dict[str, Profile] = {
         vlm_checkpoint=None,
         load_in_4bit=False,
         mixed_precision="no",
+    ),
+    "gpu": Profile(
+        name="gpu",
+        image_size=128,
+        device="auto",
+        max_train_studies=None,
+        max_eval_studies=None,
+        offline=True,
+        vision_checkpoint=None,
+        lm_checkpoint=None,
+        vlm_checkpoint=None,
+        load_in_4bit=False,
+        mixed_precision="auto",
     ),
     "colab": Profile(
         name="colab",

@@ -668,3 +668,23 @@ def test_init_head_from_encoder_copies_the_classifier(tok, tmp_path) -> None:
     assert not init_head_from_encoder(model, tmp_path / "other")  # wrong label count: untouched
     assert not init_head_from_encoder(model, tmp_path / "missing")
     assert not init_head_from_encoder(model)  # random encoder built from config: nothing to copy
+
+
+def test_budget_refit_shrinks_then_grows_back_to_the_plan() -> None:
+    """fit_to_budget: slow first steps (a GPU warming up) shorten the cosine; faster steps later
+    lengthen it again, never beyond the stage's planned steps."""
+    from course_utils.train import TrainConfig
+    from course_utils.train.loop import _refit
+
+    cfg = TrainConfig.tiny(max_train_seconds=100.0)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = cosine_schedule(opt, total_steps=1000, warmup_steps=30)
+    # 10 steps took 10 s: 90 s left at 1 s/step affords 0.97 * 90 = 87 more steps
+    assert _refit(cfg, sched, 30, 1000, 10, 10.0, 1.0) == 97
+    assert sched.lr_lambdas[0].keywords["total_steps"] == 97
+    # an epoch later at 0.1 s/step with 50 s left: 200 + 485 steps, the schedule grows back
+    assert _refit(cfg, sched, 30, 1000, 200, 50.0, 0.1) == 685
+    assert sched.lr_lambdas[0].keywords["total_steps"] == 685
+    # very fast steps cannot go beyond the plan; no time left still allows one more step
+    assert _refit(cfg, sched, 30, 1000, 200, 50.0, 0.001) == 1000
+    assert _refit(cfg, sched, 30, 1000, 300, 100.0, 0.1) == 301

@@ -3,7 +3,9 @@
 Notebooks 06-09 need *a trained model*, but each must run on its own even when a student never
 finished notebook 05. :func:`course_model` gives them one: it loads the checkpoint that notebook
 05 (or an earlier call) wrote under ``runs/checkpoints/<profile>-<target>-seed<seed>/``, or trains
-it with the notebook's recipe when it is missing (about two minutes on 2 CPU cores).
+it with the notebook's recipe when it is missing (about two minutes on 2 CPU cores). Profile
+``"gpu"`` runs the same recipe on a CUDA GPU (wall-clock budget, mixed precision) and keeps its
+own checkpoint (``runs/checkpoints/gpu-<target>-seed<seed>/``).
 
 The recipe here is the single definition of "the tiny model": :func:`build_course_model` builds
 tokenizer + datasets + model and :func:`train_course_model` runs ``train_two_stage`` with
@@ -28,8 +30,10 @@ from .loop import save_model, train_two_stage
 from .optim import init_head_from_encoder
 
 SPLITS = ("train", "val", "test")
+COURSE_PROFILES = ("tiny", "gpu")
+"""Profiles whose model :func:`course_model` trains (``colab`` trains in notebook 05)."""
 CHECKPOINT_STAMP = "course_checkpoint.json"
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3
 """Bumped when the recipe changes, so stale checkpoints are retrained instead of reused."""
 
 # Settings on top of ModelConfig.tiny / TrainConfig.tiny, tuned on the validation split with
@@ -52,7 +56,8 @@ class CourseModel:
     """A trained model with everything needed to evaluate it.
 
     Attributes:
-        model: ``RadiologyMultimodalModel`` in eval mode on the CPU.
+        model: ``RadiologyMultimodalModel`` in eval mode on the profile's device (the CPU for
+            ``tiny``; CUDA for ``gpu`` when torch sees a GPU, else the CPU).
         tokenizer: its word-level fast tokenizer.
         splits: ``{"train", "val", "test"}`` -> ``load_mimic_cxr_dataset`` dicts with pixels.
         datasets: the same splits as :class:`ReportDataset` (prompt + target ids).
@@ -91,14 +96,22 @@ def load_splits(
     return root, splits
 
 
-def course_train_config(target: str = "findings", seed: int = 42, **overrides: Any) -> TrainConfig:
-    """``TrainConfig.tiny`` for ``target`` (its training state goes to ``runs/train-tiny-...``;
-    the finished model is saved to :func:`checkpoint_dir` by :func:`save_course_model`)."""
+def course_train_config(
+    target: str = "findings", seed: int = 42, *, profile: str = "tiny", **overrides: Any
+) -> TrainConfig:
+    """``TrainConfig.tiny`` for ``target`` (its training state goes to
+    ``runs/train-<profile>-...``; the finished model is saved to :func:`checkpoint_dir` by
+    :func:`save_course_model`).
+
+    ``profile="gpu"`` is the same recipe with the budget counted in wall-clock seconds and
+    ``mixed_precision="auto"`` (bf16/fp16 on CUDA, none on a CPU).
+    """
     if target not in TARGET_OVERRIDES:
         raise ValueError(f"unknown target {target!r}; choose one of {tuple(TARGET_OVERRIDES)}")
+    _check_course_profile(profile)
     kwargs: dict[str, Any] = dict(
-        run_name=f"tiny-{target}-seed{seed}",
-        output_dir=str(runs_dir() / f"train-tiny-{target}-seed{seed}"),  # best/ + last/ state
+        run_name=f"{profile}-{target}-seed{seed}",
+        output_dir=str(runs_dir() / f"train-{profile}-{target}-seed{seed}"),  # best/ + last/
         target=target,
         seed=seed,
         # one thread, budget in CPU seconds: on a busy machine two threads spend most of the
@@ -107,17 +120,41 @@ def course_train_config(target: str = "findings", seed: int = 42, **overrides: A
         budget_clock="cpu",
         **TARGET_OVERRIDES[target],
     )
+    if profile == "gpu":  # a GPU step's CPU time is mostly kernel launches: count the wall
+        kwargs.update(budget_clock="wall", mixed_precision=get_profile("gpu").mixed_precision)
     kwargs.update(overrides)
     return TrainConfig.tiny(**kwargs)
 
 
+def _check_course_profile(profile: str) -> None:
+    """Raise ``ValueError`` unless ``profile`` is one whose model this module trains."""
+    if profile == "colab":
+        raise ValueError(
+            "course_model trains only the 'tiny' and 'gpu' profiles, got 'colab': run notebook "
+            "05 with PROFILE='colab' and load its checkpoint with load_course_checkpoint"
+        )
+    if profile not in COURSE_PROFILES:
+        raise ValueError(f"unknown course profile {profile!r}; choose one of {COURSE_PROFILES}")
+
+
+def _profile_of(config: TrainConfig) -> str:
+    """The profile a :func:`course_train_config` config was made for (its ``run_name`` is
+    ``<profile>-<target>-seed<seed>``); ``"tiny"`` for any other run name."""
+    for profile in COURSE_PROFILES:
+        if config.run_name == f"{profile}-{config.target}-seed{config.seed}":
+            return profile
+    return "tiny"
+
+
 def build_course_model(
-    splits: dict[str, dict[str, Any]], config: TrainConfig
+    splits: dict[str, dict[str, Any]], config: TrainConfig, *, label_prompt: bool = True
 ) -> tuple[Any, Any, dict[str, ReportDataset]]:
     """(untrained model, tokenizer, datasets) for ``config`` - the notebook 05 recipe.
 
     The tokenizer is trained on the training split only; the detection head starts from the
-    encoder's pretraining classifier (:func:`init_head_from_encoder`).
+    encoder's pretraining classifier (:func:`init_head_from_encoder`). ``label_prompt`` feeds the
+    head's probabilities to the LM as K tokens (``ModelConfig.label_prompt``); ``False`` builds
+    the case study's architecture as notebook 04 wrote it.
     """
     from ..model import ModelConfig, RadiologyMultimodalModel
 
@@ -130,7 +167,8 @@ def build_course_model(
         seed=config.seed,
     )
     datasets = {s: ReportDataset(splits[s], tok, config.target, **kw) for s in SPLITS}
-    model_cfg = ModelConfig.tiny(len(tok), visual_grid=VISUAL_GRID)
+    # the LM reads the head's verdicts (notebook 05, "Saying what the head sees")
+    model_cfg = ModelConfig.tiny(len(tok), visual_grid=VISUAL_GRID, label_prompt=label_prompt)
     model_cfg.lm_config.update(
         hidden_dropout_prob=LM_DROPOUT, attention_probs_dropout_prob=LM_DROPOUT
     )
@@ -147,10 +185,18 @@ def save_course_model(
     directory: str | os.PathLike | None = None,
     data_dir: str | os.PathLike | None = None,
 ) -> Path:
-    """Write the model, tokenizer, config, history and a version stamp (atomically)."""
+    """Write the model, tokenizer, config, history and a version stamp (atomically).
+
+    ``directory`` defaults to :func:`checkpoint_dir` of the config's target, seed and profile
+    (``gpu`` for a ``course_train_config(..., profile="gpu")`` config, else ``tiny``).
+    """
     from .loop import _jsonable
 
-    final = Path(directory) if directory else checkpoint_dir(config.target, config.seed)
+    final = (
+        Path(directory)
+        if directory
+        else checkpoint_dir(config.target, config.seed, _profile_of(config))
+    )
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     save_model(model, tmp / "model", tokenizer)
@@ -216,17 +262,20 @@ def course_model(
     Args:
         target: ``"findings"`` (default), ``"json"`` (R2Gen2 model I) or ``"style"`` (model II).
         seed: seeds data order, tokenizer-independent choices and initialisation.
-        profile: only ``"tiny"`` trains here; on Colab, train in notebook 05 and point the
-            later notebooks at its checkpoint.
+        profile: ``"tiny"`` (CPU) or ``"gpu"`` (the same recipe on CUDA, wall-clock budget,
+            mixed precision; the CPU when there is no GPU); the model is returned on
+            ``get_profile(profile).device``. ``"colab"`` raises: on Colab, train in notebook 05
+            and point the later notebooks at its checkpoint.
         data_dir: a MIMIC-CXR-JPG layout folder; empty/None = the embedded dataset.
         retrain: ignore an existing checkpoint.
         progress: tqdm bars while training.
+
+    Raises:
+        ValueError: ``profile`` is ``"colab"`` or unknown, or ``target`` is unknown.
     """
-    if profile != "tiny":
-        raise ValueError(
-            f"course_model trains only the 'tiny' profile, got {profile!r}: run notebook 05 "
-            "with PROFILE='colab' and load its checkpoint with load_course_checkpoint"
-        )
+    _check_course_profile(profile)
+    if target not in TARGET_OVERRIDES:
+        raise ValueError(f"unknown target {target!r}; choose one of {tuple(TARGET_OVERRIDES)}")
     path = checkpoint_dir(target, seed, profile)
     with cache_lock(f"course-model-{profile}-{target}-{seed}"):
         return _course_model(target, seed, profile, data_dir, retrain, progress, path)
@@ -242,8 +291,10 @@ def _course_model(
     path: Path,
 ) -> CourseModel:
     root, splits = load_splits(data_dir, profile, seed)
+    device = get_profile(profile).device
     if not retrain and _is_current(path, data_dir):
         model, tok, config, history = load_course_checkpoint(path)
+        model.to(device)
         kw = dict(
             max_length=config.max_length,
             prompt_context=config.prompt_context,
@@ -252,7 +303,7 @@ def _course_model(
         )
         datasets = {s: ReportDataset(splits[s], tok, config.target, **kw) for s in SPLITS}
         return CourseModel(model, tok, splits, datasets, config, path, history)
-    config = course_train_config(target, seed, progress=progress)
+    config = course_train_config(target, seed, profile=profile, progress=progress)
     model, tok, datasets = build_course_model(splits, config)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -262,4 +313,5 @@ def _course_model(
         torch.set_num_threads(threads)
     model.eval()
     save_course_model(model, tok, config, history, path, data_dir)
+    model.to(device)  # accelerate trained it on its own device choice
     return CourseModel(model, tok, splits, datasets, config, path, history)

@@ -510,6 +510,7 @@ def train_two_stage(
             bar = _progress(
                 cfg, steps_per_epoch, f"stage {stage} epoch {epoch + 1}/{n_epochs}", skip
             )
+            epoch_cost, epoch_steps = 0.0, 0
             for chunk_idx, chunk in enumerate(_chunks(train_loader, cfg.grad_accum_steps)):
                 if chunk_idx < skip:
                     continue
@@ -533,10 +534,12 @@ def train_two_stage(
                 session_seconds += cost
                 stage_cost += cost
                 stage_session_steps += 1
+                epoch_cost += cost
+                epoch_steps += 1
                 stage_done += 1
                 if fit and stage_session_steps == REPLAN_AFTER_STEPS:
                     stage_total = _refit(
-                        cfg, scheduler, warmup, stage_total, stage_done,
+                        cfg, scheduler, warmup, total, stage_done,
                         session_seconds, stage_cost / stage_session_steps,
                     )  # fmt: skip
                     plans[str(stage)] = stage_total
@@ -571,11 +574,16 @@ def train_two_stage(
                     break
             bar.close()
             if fit and stage_session_steps >= REPLAN_AFTER_STEPS and stage_done < stage_total:
-                # re-estimate with a whole epoch of timings (batch lengths vary)
+                # re-estimate with a whole epoch of timings (batch lengths vary; on a GPU the
+                # first steps pay for kernel warm-up): the schedule may grow back to the plan
+                per_step = (
+                    epoch_cost / epoch_steps
+                    if epoch_steps >= REPLAN_AFTER_STEPS
+                    else stage_cost / stage_session_steps
+                )
                 stage_total = _refit(
-                    cfg, scheduler, warmup, stage_total, stage_done,
-                    session_seconds, stage_cost / stage_session_steps,
-                )  # fmt: skip
+                    cfg, scheduler, warmup, total, stage_done, session_seconds, per_step
+                )
                 plans[str(stage)] = stage_total
             stage_over = stage_done >= stage_total
             _end_epoch(
@@ -637,19 +645,19 @@ def _refit(
     cfg: TrainConfig,
     scheduler: Any,
     warmup: int,
-    stage_total: int,
+    planned: int,
     stage_done: int,
     spent: float,
     cost_per_step: float,
 ) -> int:
     """The stage's new length: the steps the remaining budget affords (3 % slack), never more
-    than planned and at least one more step; the scheduler is pointed at it."""
+    than ``planned`` (the stage's epochs) and at least one more step; the scheduler is pointed
+    at it."""
     assert cfg.max_train_seconds is not None
     remaining = cfg.max_train_seconds - spent
     affordable = stage_done + int(0.97 * remaining / max(cost_per_step, 1e-9))
-    new_total = min(stage_total, max(stage_done + 1, affordable))
-    if new_total != stage_total:
-        _set_schedule_length(scheduler, new_total, warmup)
+    new_total = min(planned, max(stage_done + 1, affordable))
+    _set_schedule_length(scheduler, new_total, warmup)
     return new_total
 
 
