@@ -7,7 +7,9 @@ On the trained ``tiny`` findings model (``course_model(target="findings")``), te
   (:func:`course_utils.deploy.backends.greedy_generate`): per-study latency at batch 1 (timed
   interleaved, medians compared) and batched throughput (batch 64); label agreement of the
   INT8 reports with the fp32 ones over the whole test split. Bar: >= 1.5x faster with >= 99 %
-  CheXpert-label agreement (study x label pairs).
+  CheXpert-label agreement (study x label pairs). ``int8_amdahl_bound`` profiles the fp32 loop:
+  the share of its time in linear layers bounds what *any* INT8 linear kernel can gain (the
+  tiny LM spends most of a step in dispatch and small non-linear ops).
 * **onnxruntime vs eager PyTorch, encoder path** (encoder + projector + head, batch 1,
   interleaved). Bar: >= 1.5x. Also the full study (probabilities + greedy report) per backend.
 * **dynamic batching** - 8 concurrent requests through the FastAPI app: max batch 8 / 100 ms
@@ -118,6 +120,8 @@ def bench_tiny(threads: int = 2, latency_studies: int = 30, encoder_calls: int =
         min(latency_studies, 15), warmup=2,
     )  # fmt: skip
 
+    out["int8_amdahl_bound"] = linear_share_bound(gen(model), latency_studies)
+
     # encoder path, batch 1
     @torch.no_grad()
     def torch_encoder(i: int) -> None:
@@ -172,6 +176,27 @@ def bench_tiny(threads: int = 2, latency_studies: int = 30, encoder_calls: int =
     }
     out["targets"]["met"] = all(v for k, v in out["targets"].items() if k != "thresholds")
     return out
+
+
+def linear_share_bound(run: Any, studies: int) -> dict[str, float]:
+    """How much INT8 *could* gain: the share of fp32 generation time spent in ``aten::linear``
+    (profiled, so an upper bound) and the speed-up if every linear layer cost nothing
+    (Amdahl: 1 / (1 - share)). Dynamic INT8 only replaces the linear layers."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for i in range(3):  # warm-up
+        run(i)
+    tick = time.perf_counter()
+    for i in range(studies):
+        run(i)
+    wall = time.perf_counter() - tick
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(studies):
+            run(i)
+    linear = sum(e.cpu_time_total for e in prof.key_averages() if e.key == "aten::linear") / 1e6
+    share = min(linear / wall, 0.999)
+    return {"wall_seconds": wall, "linear_seconds_profiled": linear,
+            "linear_share_at_most": share, "max_speedup_if_linears_free": 1.0 / (1.0 - share)}  # fmt: skip
 
 
 def _colab_model(device: str) -> Any:
