@@ -66,33 +66,24 @@ class Profile:
         return asdict(self)
 
 
+_TINY = Profile(
+    name="tiny",
+    image_size=128,
+    device="cpu",
+    max_train_studies=None,
+    max_eval_studies=None,
+    offline=True,
+    vision_checkpoint=None,
+    lm_checkpoint=None,
+    vlm_checkpoint=None,
+    load_in_4bit=False,
+    mixed_precision="no",
+)
+
 PROFILES: dict[str, Profile] = {
-    "tiny": Profile(
-        name="tiny",
-        image_size=128,
-        device="cpu",
-        max_train_studies=None,
-        max_eval_studies=None,
-        offline=True,
-        vision_checkpoint=None,
-        lm_checkpoint=None,
-        vlm_checkpoint=None,
-        load_in_4bit=False,
-        mixed_precision="no",
-    ),
-    "gpu": Profile(
-        name="gpu",
-        image_size=128,
-        device="auto",
-        max_train_studies=None,
-        max_eval_studies=None,
-        offline=True,
-        vision_checkpoint=None,
-        lm_checkpoint=None,
-        vlm_checkpoint=None,
-        load_in_4bit=False,
-        mixed_precision="auto",
-    ),
+    "tiny": _TINY,
+    # the tiny models and embedded data on a CUDA GPU (the CPU when there is none)
+    "gpu": replace(_TINY, name="gpu", device="auto", mixed_precision="auto"),
     "colab": Profile(
         name="colab",
         image_size=512,
