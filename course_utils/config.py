@@ -215,6 +215,31 @@ def print_config(
     return info
 
 
+NOTEBOOK_DISPLAY = {
+    "display.max_rows": 40,  # longer tables print their first and last 10 rows
+    "display.min_rows": 20,
+    "display.max_columns": 20,
+    "display.width": 120,
+    "display.max_colwidth": 120,
+}
+"""pandas options of :func:`notebook_defaults`."""
+
+
+def notebook_defaults() -> None:
+    """Cap what notebooks print: long tables and arrays are shortened, so an executed notebook
+    stays readable and an nbval diff shows the lines that changed, not megabytes of output.
+
+    Called once by every notebook's setup cell; a cell that wants more (notebook 05's report
+    table) widens one option itself.
+    """
+    import numpy as np
+    import pandas as pd
+
+    for key, value in NOTEBOOK_DISPLAY.items():
+        pd.set_option(key, value)
+    np.set_printoptions(threshold=200, edgeitems=5, linewidth=120)
+
+
 def _device_description(device: str) -> str:
     if device == "cuda":
         import torch

@@ -185,3 +185,24 @@ def test_course_model_returns_the_model_on_the_profiles_device(
         seen["path"] == cm.path == tmp_path / "runs" / "checkpoints" / f"{profile}-findings-seed42"
     )
     assert cm.datasets == {s: "dataset" for s in course_mod.SPLITS}
+
+
+def test_notebook_defaults_cap_printed_tables() -> None:
+    import numpy as np
+    import pandas as pd
+
+    import course_utils
+    from course_utils.config import NOTEBOOK_DISPLAY
+
+    with pd.option_context("display.max_rows", 1000):
+        saved = np.get_printoptions()
+        try:
+            course_utils.notebook_defaults()
+            assert pd.get_option("display.max_rows") == NOTEBOOK_DISPLAY["display.max_rows"]
+            text = repr(pd.DataFrame({"x": range(500)}))
+            assert len(text.splitlines()) < 30 and "..." in text
+            assert "..." in np.array2string(np.arange(1000))
+        finally:
+            np.set_printoptions(**saved)
+            for key in NOTEBOOK_DISPLAY:
+                pd.reset_option(key)

@@ -34,6 +34,25 @@ def test_header_has_title_objectives_time_and_colab_badge(path: Path):
     assert "**You will learn to**" in text
     assert "**Prerequisites:**" in text
     assert re.search(r"\*\*Time:\*\*.*`tiny`.*`colab`", text, re.S), "time for tiny and colab"
+    assert "Memory:" in text, "memory needed, so a Colab T4 user knows it fits"
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
+def test_setup_installs_a_pinned_course_on_colab_and_prints_the_config(path: Path):
+    """The install is guarded (Colab only) and pinned to this release; outputs are capped; the
+    config printout a maintainer asks for in a bug report is there."""
+    import course_utils
+
+    code = [c for c in _nb(path).cells if c.cell_type == "code"]
+    setup = code[0].source
+    guard = setup.index('if "google.colab" in sys.modules:')
+    install = re.search(r'"course-utils @ git\+https://\S+@v([\d.]+)"', setup)
+    assert install and install.start() > guard, "a pinned install line inside the Colab guard"
+    assert install.group(1) == course_utils.__version__, "install pin = the package's version"
+    assert "course_utils.notebook_defaults()" in setup, "printed outputs capped"
+    assert any("course_utils.print_config(" in c.source for c in code[:4]), (
+        "print_config near the top"
+    )
 
 
 @pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
