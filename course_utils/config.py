@@ -84,12 +84,11 @@ PROFILES: dict[str, Profile] = {
     "tiny": _TINY,
     # the tiny models and embedded data on a CUDA GPU (the CPU when there is none)
     "gpu": replace(_TINY, name="gpu", device="auto", mixed_precision="auto"),
-    "colab": Profile(
+    "colab": replace(
+        _TINY,
         name="colab",
         image_size=512,
         device="auto",
-        max_train_studies=None,
-        max_eval_studies=None,
         offline=False,
         vision_checkpoint="microsoft/rad-dino",
         lm_checkpoint="microsoft/biogpt",
