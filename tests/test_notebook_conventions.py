@@ -90,3 +90,17 @@ def test_student_notebook_has_no_outputs_and_no_solutions(path: Path):
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None
         assert "BEGIN SOLUTION" not in cell.source
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
+def test_papermill_reads_every_parameter(path: Path):
+    """`papermill --help-notebook` and its parameter inference see every name of the parameters
+    cell (a second '=' on a line, e.g. in its comment, makes papermill skip it with a warning)."""
+    import ast
+
+    from papermill.inspection import inspect_notebook
+
+    cell = next(c for c in _nb(path).cells if "parameters" in c.metadata.get("tags", []))
+    names = {t.id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign)
+             for t in node.targets if isinstance(t, ast.Name)}  # fmt: skip
+    assert names and set(inspect_notebook(str(path))) == names
