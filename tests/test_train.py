@@ -194,6 +194,23 @@ def test_json_target_parses_and_truncates_whole_objects(split, tok) -> None:
     assert len(tok(short, add_special_tokens=False)["input_ids"]) <= 60 or len(parsed) == 1
 
 
+def test_json_target_abnormal_first_keeps_the_finding_when_truncated(tok) -> None:
+    """In report order the effusion sentence is the last object and the first to be cut;
+    abnormal-first puts it in front, so it survives the same token budget."""
+    report = (
+        "The heart is normal in size. The lungs are clear. There is a small left pleural effusion."
+    )
+    original = json.loads(json_target(report))
+    ordered = json.loads(make_target(report, "json", order="abnormal_first"))
+    assert len(ordered) == len(original) == 3
+    assert ordered[0] == original[2] and ordered[1:] == original[:2]
+    cut = json.loads(
+        make_target(report, "json", tokenizer=tok, max_tokens=60, order="abnormal_first")
+    )
+    assert 1 <= len(cut) < 3 and cut[0] == original[2]
+    assert original[2] not in json.loads(json_target(report, tok, max_tokens=60))
+
+
 def test_style_dataset_names_the_style_and_targets_follow_it(split, tok) -> None:
     ds = ReportDataset(split, tok, "style", seed=3)
     assert ds.styles_used == assign_styles(len(split["reports"]), seed=3)

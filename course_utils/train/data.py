@@ -81,15 +81,22 @@ def abnormal_first(report: str) -> str:
 
 
 def json_target(
-    report: str, tokenizer: Any = None, max_tokens: int | None = None, impute: bool = True
+    report: str,
+    tokenizer: Any = None,
+    max_tokens: int | None = None,
+    impute: bool = True,
+    order: str = "original",
 ) -> str:
     """Compact R2Gen2 JSON of a report (``separators=(",", ":")``), always valid JSON.
 
     When ``tokenizer`` and ``max_tokens`` are given and the JSON is longer, trailing *sentence
     objects* are dropped until it fits (never cut inside an object: a truncated target would
-    teach the model to write invalid JSON). At least one object is kept.
+    teach the model to write invalid JSON). At least one object is kept. ``order=
+    "abnormal_first"`` puts the sentences with findings first, so they are the ones that
+    survive the cut (in report order, a long report loses its findings and keeps "heart normal").
     """
-    objs = report_to_json(clean_report(report, impute))
+    text = clean_report(report, impute)
+    objs = report_to_json(abnormal_first(text) if order == "abnormal_first" else text)
 
     def dump(items: list[dict]) -> str:
         return json.dumps(items, separators=(",", ":"), ensure_ascii=False)
@@ -124,8 +131,8 @@ def make_target(
 ) -> str:
     """The text the model learns to write for one study (see the module docstring).
 
-    ``order="abnormal_first"`` moves the sentences with findings to the front of a findings
-    or narrative-style target (:func:`abnormal_first`); JSON and sectioned targets keep theirs.
+    ``order="abnormal_first"`` moves the sentences with findings to the front of a findings,
+    JSON or narrative-style target (:func:`abnormal_first`); sectioned targets keep their order.
     """
     if order not in ORDERS:
         raise ValueError(f"order={order!r}; choose one of {ORDERS}")
@@ -133,7 +140,7 @@ def make_target(
         text = clean_report(report, impute)
         return abnormal_first(text) if order == "abnormal_first" else text
     if target == "json":
-        return json_target(report, tokenizer, max_tokens, impute)
+        return json_target(report, tokenizer, max_tokens, impute, order)
     if target == "style":
         if style not in STYLES:
             raise ValueError(f"target='style' needs a style in {STYLES}, got {style!r}")
