@@ -21,6 +21,7 @@ import fcntl
 import os
 import platform
 import random
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -115,6 +116,33 @@ def get_profile(name: str = "tiny", **overrides) -> Profile:
     if profile.device == "auto":
         profile = replace(profile, device=detect_device())
     return profile
+
+
+def pick_profile(
+    requested: str = "tiny",
+    data_dir: str | os.PathLike | None = None,
+    *,
+    allowed: Sequence[str] = ("tiny", "gpu", "colab"),
+) -> str:
+    """The profile a notebook runs under (called right after its parameters cell).
+
+    An explicit choice (anything but the default ``"tiny"``) is kept. On a Colab runtime with a
+    GPU the default is upgraded to what the notebook supports (``allowed``): ``"colab"`` when
+    ``data_dir`` points at real data, else ``"gpu"`` (the tiny models on the GPU). Everywhere
+    else it stays ``"tiny"``. The choice is printed, so a shared notebook says how it ran.
+
+    Raises:
+        ValueError: an unknown profile name.
+    """
+    if requested not in PROFILES:
+        raise ValueError(f"unknown profile {requested!r}; choose one of {sorted(PROFILES)}")
+    if requested != "tiny" or not in_colab() or detect_device() != "cuda":
+        return requested
+    wanted = ("colab", "gpu") if data_dir else ("gpu",)
+    chosen = next((name for name in wanted if name in allowed), requested)
+    print(f"Colab GPU detected: PROFILE = {chosen!r}" + (
+        "" if chosen != "tiny" else " (this notebook's models run on the CPU)"))  # fmt: skip
+    return chosen
 
 
 def detect_device() -> str:

@@ -206,3 +206,26 @@ def test_notebook_defaults_cap_printed_tables() -> None:
             np.set_printoptions(**saved)
             for key in NOTEBOOK_DISPLAY:
                 pd.reset_option(key)
+
+
+def test_pick_profile_upgrades_tiny_only_on_a_colab_gpu(monkeypatch, capsys) -> None:
+    from course_utils import config
+    from course_utils.config import pick_profile
+
+    def where(colab: bool, device: str) -> None:
+        monkeypatch.setattr(config, "in_colab", lambda: colab)
+        monkeypatch.setattr(config, "detect_device", lambda: device)
+
+    where(colab=False, device="cuda")  # a workstation GPU: the default stays the default
+    assert pick_profile("tiny", "") == "tiny"
+    where(colab=True, device="cpu")  # Colab without a GPU runtime
+    assert pick_profile("tiny", "") == "tiny"
+    where(colab=True, device="cuda")
+    assert pick_profile("tiny", "") == "gpu"
+    assert pick_profile("tiny", "/content/mimic") == "colab"
+    assert pick_profile("tiny", "/content/mimic", allowed=("tiny", "gpu")) == "gpu"
+    assert pick_profile("tiny", "", allowed=("tiny",)) == "tiny"
+    assert "models run on the CPU" in capsys.readouterr().out
+    assert pick_profile("gpu", "/content/mimic") == "gpu"  # an explicit choice is kept
+    with pytest.raises(ValueError, match="unknown profile 'big'"):
+        pick_profile("big")

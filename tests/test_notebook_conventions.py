@@ -53,6 +53,10 @@ def test_setup_installs_a_pinned_course_on_colab_and_prints_the_config(path: Pat
     assert any("course_utils.print_config(" in c.source for c in code[:4]), (
         "print_config near the top"
     )
+    after_parameters = next(
+        code[k + 1].source for k, c in enumerate(code) if "parameters" in c.metadata.get("tags", [])
+    )
+    assert "course_utils.pick_profile(PROFILE, DATA_DIR" in after_parameters, "GPU detection"
 
 
 @pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
