@@ -60,6 +60,7 @@ import numpy as np
 import pandas as pd
 
 from . import metrics
+from .baseline import SCORE_COLUMNS
 from .labels import CHEXPERT_LABELS
 
 __all__ = [
@@ -104,12 +105,7 @@ BERTSCORE_NAMES: dict[str, str] = {
 }
 #: Columns of :func:`comparison_table`'s wide form, in order.
 COMPARISON_METRICS: tuple[str, ...] = (
-    "BLEU-4",
-    "ROUGE-L",
-    "CIDEr",
-    "CE F1 micro-14",
-    "CE F1 micro-5",
-    "CE F1 macro-14",
+    *(m for m in SCORE_COLUMNS if m != "RadGraph F1"),  # notebook 03's columns, same order
     *(f"sensitivity {f}" for f in CRITICAL_FINDINGS),
     "RadGraph F1",
 )

@@ -112,3 +112,15 @@ def make_mimic_fixture(root: Path, gz: bool = False, patients: bool = False) -> 
 def mimic_root(tmp_path: Path) -> Path:
     """Plain-CSV MIMIC-CXR-JPG fixture (see :data:`STUDIES`)."""
     return make_mimic_fixture(tmp_path / "mimic")
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny tensors: a second OpenMP thread only adds synchronisation (badly so on a shared CPU).
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("single_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

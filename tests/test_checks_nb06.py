@@ -23,12 +23,7 @@ from course_utils.labels import CHEXPERT_LABELS
 LABELS = list(CHEXPERT_LABELS)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest: tiny tensors, 1 thread
 
 
 # ------------------------------------------------------------------ q1 per_finding_scores

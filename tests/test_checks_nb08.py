@@ -27,12 +27,7 @@ quantize_dynamic = torch.ao.quantization.quantize_dynamic
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest: tiny tensors, 1 thread
 
 
 # ---------------------------------------------------------------------------- q1 quantise

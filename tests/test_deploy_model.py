@@ -36,12 +36,7 @@ from course_utils.train import ReportCollator, ReportDataset
 MAX_NEW = 24
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest: tiny tensors, 1 thread
 
 
 @pytest.fixture(scope="module")

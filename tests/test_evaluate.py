@@ -35,13 +35,7 @@ REPORTS = [
 K = {name: k for k, name in enumerate(CHEXPERT_LABELS)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny tensors: a second OpenMP thread only adds synchronisation on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest: tiny tensors, 1 thread
 
 
 def frame(rows: list[dict[str, float]]) -> pd.DataFrame:

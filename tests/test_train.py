@@ -81,13 +81,7 @@ def make_split(n: int = 12, seed: int = 0) -> dict:
     }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny tensors: extra OpenMP threads only add synchronisation (badly so on a shared CPU)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # conftest: tiny tensors, 1 thread
 
 
 @pytest.fixture(scope="module")
