@@ -9,7 +9,9 @@ On the trained ``tiny`` findings model (``course_model(target="findings")``), te
   INT8 reports with the fp32 ones over the whole test split. Bar: >= 1.5x faster with >= 99 %
   CheXpert-label agreement (study x label pairs). ``int8_amdahl_bound`` profiles the fp32 loop:
   the share of its time in linear layers bounds what *any* INT8 linear kernel can gain (the
-  tiny LM spends most of a step in dispatch and small non-linear ops).
+  tiny LM spends most of a step in dispatch and small non-linear ops). ``int8_variants`` sets the
+  course INT8 beside two others, each against fp32 on its own runtime and against fp32 PyTorch:
+  8-bit activations (``full_range``, VNNI / AMX CPUs only) and onnxruntime's INT8 decoder.
 * **onnxruntime vs eager PyTorch, encoder path** (encoder + projector + head, batch 1,
   interleaved). Bar: >= 1.5x. Also the full study (probabilities + greedy report) per backend.
 * **dynamic batching** - 8 concurrent requests through the FastAPI app: max batch 8 / 100 ms
@@ -72,45 +74,60 @@ def bench_tiny(threads: int = 2, latency_studies: int = 30, encoder_calls: int =
     max_new = cm.config.max_new_tokens
     out: dict[str, Any] = {"threads": threads, "test_studies": len(ds), "max_new_tokens": max_new}
     int8 = deploy.quantize_language_model(model)
+    vnni = deploy.cpu_has_vnni()
+    out["cpu_has_vnni"] = vnni
     tmp = tempfile.mkdtemp(prefix="bench-deploy-")
     start = time.perf_counter()
     onnx_dir = deploy.export_onnx(model, tok, os.path.join(tmp, "onnx"), "bench",
                                   prompt_context=cm.config.prompt_context,
                                   max_new_tokens=max_new)  # fmt: skip
     out["onnx_export_seconds"] = time.perf_counter() - start
+    deploy.quantize_onnx_decoder(onnx_dir)
     onnx = deploy.OnnxReportModel(onnx_dir, threads=threads)
+    onnx_int8 = deploy.OnnxReportModel(onnx_dir, threads=threads, decoder_file="decoder.int8.onnx")
     images, prompts = ds.pixels.float(), list(ds.prompts)
 
     # parity over the whole test split
     enc = deploy.encoder_parity(model, onnx, images[:32])
-    backends = {"fp32": deploy.TorchBackend(model, tok), "int8": deploy.TorchBackend(int8, tok),
-                "onnx": deploy.OnnxBackend(onnx)}  # fmt: skip
+    models = {"fp32": model, "int8": int8}
+    if vnni:  # 8-bit activations are exact only with int8 dot-product instructions
+        models["int8_full_range"] = deploy.quantize_language_model(model, full_range=True)
+    backends = {name: deploy.TorchBackend(m, tok) for name, m in models.items()}
+    backends |= {"onnx": deploy.OnnxBackend(onnx), "onnx_int8": deploy.OnnxBackend(onnx_int8)}
     gen_seconds = {name: 0.0 for name in backends}
     for backend in backends.values():  # warm-up: first calls allocate and pick kernels
         backend.generate(images[:8], prompts[:8], max_new)
-    texts = {name: [] for name in backends}
+    texts: dict[str, list[str]] = {name: [] for name in backends}
     for start in range(0, len(images), 64):  # interleaved per batch of 64
         chunk = slice(start, start + 64)
         for name, backend in backends.items():
             tick = time.perf_counter()
             texts[name] += backend.generate(images[chunk], prompts[chunk], max_new)
             gen_seconds[name] += time.perf_counter() - tick
-    out["parity"] = {
-        "encoder_max_abs_diff": enc["max_abs_diff"],
-        "int8": deploy.generation_parity(texts["fp32"], texts["int8"]),
-        "onnx": deploy.generation_parity(texts["fp32"], texts["onnx"]),
+    out["parity"] = {"encoder_max_abs_diff": enc["max_abs_diff"]} | {
+        name: deploy.generation_parity(texts["fp32"], texts[name])
+        for name in backends
+        if name != "fp32"
     }
     out["test_split_generation_seconds_batch64"] = gen_seconds
     out["batched_speedup_vs_fp32_batch64"] = {
         k: gen_seconds["fp32"] / v for k, v in gen_seconds.items()
     }
 
-    # generation latency per study (batch 1), fp32 vs int8, same loop
+    # generation latency per study (batch 1): INT8 against fp32 on the same runtime
     def gen(m: Any) -> Any:
         return lambda i: greedy_generate(m, tok, images[i : i + 1], [prompts[i]], max_new)
 
     out["generation_latency_batch1"] = compare_latency(
-        {"fp32": gen(model), "int8": gen(int8)}, latency_studies, warmup=3
+        {name: gen(m) for name, m in models.items()}, latency_studies, warmup=3
+    )
+    x = images.numpy()
+
+    def ort_gen(m: Any) -> Any:
+        return lambda i: m.generate(x[i : i + 1], [prompts[i]], max_new)
+
+    out["generation_latency_batch1_onnxruntime"] = compare_latency(
+        {"onnx": ort_gen(onnx), "onnx_int8": ort_gen(onnx_int8)}, latency_studies, warmup=3
     )
     out["generation_latency_batch1_hf_generate"] = compare_latency(
         {"fp32": lambda i: model.generate(images[i : i + 1], prompt=[prompts[i]], tokenizer=tok,
@@ -121,6 +138,7 @@ def bench_tiny(threads: int = 2, latency_studies: int = 30, encoder_calls: int =
     )  # fmt: skip
 
     out["int8_amdahl_bound"] = linear_share_bound(gen(model), latency_studies)
+    out["int8_variants"] = int8_summary(out)
 
     # encoder path, batch 1
     @torch.no_grad()
@@ -129,7 +147,6 @@ def bench_tiny(threads: int = 2, latency_studies: int = 30, encoder_calls: int =
         model.projector(patches)
         model.detection_head(h_cls)
 
-    x = images.numpy()
     out["encoder_latency_batch1"] = compare_latency(
         {"pytorch": torch_encoder, "onnxruntime": lambda i: onnx.encode(x[i : i + 1])},
         encoder_calls, warmup=5,
@@ -150,7 +167,9 @@ def bench_tiny(threads: int = 2, latency_studies: int = 30, encoder_calls: int =
         "fp32": deploy.state_dict_bytes(model) / 2**20,
         "int8": deploy.state_dict_bytes(int8) / 2**20,
         "onnx": sum(os.path.getsize(os.path.join(onnx_dir, f)) for f in os.listdir(onnx_dir)
-                    if f.endswith(".onnx")) / 2**20,
+                    if f.endswith(".onnx") and f != "decoder.int8.onnx") / 2**20,
+        "onnx_int8": sum(os.path.getsize(os.path.join(onnx_dir, f)) for f in os.listdir(onnx_dir)
+                         if f.endswith(".onnx") and f != "decoder.onnx") / 2**20,
     }  # fmt: skip
 
     # dynamic batching through the API (packaged ONNX service and the PyTorch fp32 service)
@@ -158,7 +177,7 @@ def bench_tiny(threads: int = 2, latency_studies: int = 30, encoder_calls: int =
     out["batching"] = {}
     for name, backend in (("onnx", backends["onnx"]), ("fp32", backends["fp32"])):
         service = deploy.ReportService(backend, **service_kwargs)
-        out["batching"][name] = deploy.batching_throughput(service, images[:8].numpy(), rounds=5)
+        out["batching"][name] = deploy.batching_throughput(service, images[:8].numpy(), rounds=10)
 
     # cost per study from the measured CPU throughput (illustration: CPU, not an A10G)
     sph = {f"cpu {k} batched": v["batched_studies_per_hour"] for k, v in out["batching"].items()}
@@ -176,6 +195,27 @@ def bench_tiny(threads: int = 2, latency_studies: int = 30, encoder_calls: int =
     }
     out["targets"]["met"] = all(v for k, v in out["targets"].items() if k != "thresholds")
     return out
+
+
+def int8_summary(out: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Each INT8 variant's speed-up at batch 1 against fp32 *on the same runtime* (eager PyTorch
+    or onnxruntime), against the fp32 PyTorch model, and its label agreement with fp32 PyTorch."""
+    torch_lat = out["generation_latency_batch1"]
+    ort_lat = out["generation_latency_batch1_onnxruntime"]
+    fp32_ms = torch_lat["fp32"]["p50_ms"]
+    rows = {}
+    for name, stats in torch_lat.items():
+        if name != "fp32":
+            rows[name] = {"runtime": "pytorch", "speedup_same_runtime": stats["speedup"],
+                          "speedup_vs_fp32_pytorch": stats["speedup"]}  # fmt: skip
+    onnx_ms = ort_lat["onnx"]["p50_ms"]
+    for name, stats in ort_lat.items():
+        rows[name] = {"runtime": "onnxruntime", "speedup_same_runtime": onnx_ms / stats["p50_ms"],
+                      "speedup_vs_fp32_pytorch": fp32_ms / stats["p50_ms"]}  # fmt: skip
+    for name, row in rows.items():
+        if name in out["parity"]:
+            row["label_agreement"] = out["parity"][name]["pair_agreement"]
+    return rows
 
 
 def linear_share_bound(run: Any, studies: int) -> dict[str, float]:

@@ -6,7 +6,9 @@ course model: the properties tested here do not depend on training.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -15,10 +17,12 @@ from torch import nn
 
 from course_utils.deploy import (
     DeploymentConfig,
+    FullRangeDynamicLinear,
     OnnxBackend,
     OnnxReportModel,
     TorchBackend,
     count_linears,
+    cpu_has_vnni,
     encoder_parity,
     export_onnx,
     fp16_encoder,
@@ -32,6 +36,14 @@ from course_utils.deploy import (
 from course_utils.deploy.backends import greedy_generate
 from course_utils.deploy.fixtures import tiny_model_and_data
 from course_utils.train import ReportCollator, ReportDataset
+
+
+@contextlib.contextmanager
+def _no_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        yield
+
 
 MAX_NEW = 24
 
@@ -65,6 +77,49 @@ def test_quantize_copies_and_converts_every_lm_linear(tiny) -> None:
     assert state_dict_bytes(q) < state_dict_bytes(model)
     with pytest.raises(TypeError, match="language model"):
         quantize_language_model(nn.Linear(2, 2))
+
+
+def test_cpu_has_vnni_reads_cpuinfo_flags(tmp_path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("flags\t\t: fpu sse2 avx2 avx512f\n")
+    assert not cpu_has_vnni(info)  # AVX-512 alone multiplies into int16
+    info.write_text("flags\t\t: fpu avx2 avx512f avx512_vnni\n")
+    assert cpu_has_vnni(info)
+    info.write_text("flags\t\t: fpu avx2 avx_vnni\n")
+    assert cpu_has_vnni(info)
+    assert not cpu_has_vnni(tmp_path / "missing")  # unknown -> the safe 7-bit default
+
+
+def test_full_range_int8_keeps_weights_and_swaps_the_kernel(tiny) -> None:
+    model, _, _ = tiny
+    seven = quantize_language_model(model)
+    with pytest.warns(UserWarning, match="VNNI") if not cpu_has_vnni() else _no_warning():
+        eight = quantize_language_model(model, full_range=True)
+    layers = [m for m in eight.lm.modules() if isinstance(m, FullRangeDynamicLinear)]
+    assert len(layers) == 13 and count_linears(eight.lm) == {"float": 0, "int8": 13}
+    assert not any(isinstance(m, FullRangeDynamicLinear) for m in seven.lm.modules())
+    a, b = seven.state_dict(), eight.state_dict()
+    assert a.keys() == b.keys()
+    for key, value in a.items():  # same packed int8 weights: only the activation range differs
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, b[key]), key
+    with pytest.raises(ValueError, match="INT8"):
+        quantize_language_model(model, dtype=torch.float16, full_range=True)
+
+
+@pytest.mark.skipif(not cpu_has_vnni(), reason="8-bit activations are exact only with VNNI/AMX")
+def test_full_range_int8_halves_the_activation_rounding_error() -> None:
+    torch.manual_seed(0)
+    lm = nn.Sequential(nn.Linear(128, 256), nn.GELU(), nn.Linear(256, 128))
+    holder = nn.Module()
+    holder.lm = lm
+    x = torch.randn(64, 128) * 3
+    with torch.no_grad():
+        ref = lm(x)
+        err = {bits: (quantize_language_model(holder, full_range=bits == 8).lm(x) - ref).norm()
+               / ref.norm() for bits in (7, 8)}  # fmt: skip
+    assert 0 < err[8] < 0.8 * err[7]  # one more bit: about half the activation step
+    assert err[7] < 0.05  # both are rounding, not garbage
 
 
 def test_int8_logits_close_to_fp32(tiny) -> None:

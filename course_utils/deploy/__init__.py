@@ -71,7 +71,9 @@ from .prepare import (
     run_parity,
 )
 from .quantize import (
+    FullRangeDynamicLinear,
     count_linears,
+    cpu_has_vnni,
     fp16_encoder,
     quantize_language_model,
     size_report,
@@ -130,7 +132,9 @@ __all__ = [
     "build_response",
     "compare_latency",
     "cost_table",
+    "FullRangeDynamicLinear",
     "count_linears",
+    "cpu_has_vnni",
     "create_app",
     "critical_sensitivity",
     "decode_image_bytes",
