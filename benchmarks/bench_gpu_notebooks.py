@@ -16,7 +16,9 @@ Needs a CUDA GPU, papermill and a ``python3`` Jupyter kernel. The embedded datas
 encoder are built when missing (the first notebook does it).
 
 ``python benchmarks/bench_gpu_notebooks.py --out DIR [--json FILE]`` writes the executed notebooks
-to DIR and prints (or writes) the JSON. Nothing here writes ``benchmarks/results.json``.
+to DIR and prints (or writes) the JSON. ``benchmarks/run.py`` (``make bench``) stores it in
+``benchmarks/results.json`` on a CUDA machine; elsewhere it is ``skipped`` and the last
+measurement stays.
 """
 
 from __future__ import annotations
@@ -159,7 +161,7 @@ def evaluation_figures() -> dict[str, Any]:
 
 
 def bench_gpu_notebooks(
-    out_dir: Path,
+    out_dir: Path | None = None,
     profile: str = "gpu",
     seed: int = 42,
     notebooks: tuple[str, ...] = NOTEBOOKS,
@@ -169,11 +171,16 @@ def bench_gpu_notebooks(
     """Execute ``notebooks`` under ``profile``, write them to ``out_dir``, return the figures.
 
     With ``json_path`` the figures so far are written after every notebook, so a run stopped
-    by a time limit still leaves what it measured.
+    by a time limit still leaves what it measured. Without CUDA: ``{"skipped": ...}``.
     """
-    from course_utils.config import REPO_ROOT
+    import torch
+
+    from course_utils.config import REPO_ROOT, runs_dir
     from course_utils.runner import execute_notebook
 
+    if not torch.cuda.is_available():
+        return {"skipped": "no CUDA device"}
+    out_dir = out_dir or runs_dir() / "bench-gpu-notebooks"
     src_dir = src_dir or REPO_ROOT / "solutions"
     out_dir.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"profile": profile, "device": device_info(), "notebooks": {}}

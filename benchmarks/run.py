@@ -33,6 +33,15 @@ def load_bench(name: str, path: Path):
     return getattr(module, f"bench_{name}")
 
 
+def merge_result(results: dict, name: str, result: dict) -> bool:
+    """Store ``result`` under ``name`` unless it is a skip (a GPU bench on a CPU machine) and a
+    real measurement is already there: that one is kept. Returns whether ``result`` was stored."""
+    if "skipped" in result and "skipped" not in results.get(name, {"skipped": True}):
+        return False
+    results[name] = result
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", nargs="*", default=None)
@@ -51,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         # Wall-clock figures depend on what else runs: keep the 1-minute load average beside them.
         result["load_average_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
         print(json.dumps(result, indent=2), flush=True)
-        results[name] = result
+        if not merge_result(results, name, result):
+            print(f"{name}: {result['skipped']}; kept the result of "
+                  f"{results[name].get('measured_at')}")  # fmt: skip
     RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     print(f"wrote {RESULTS}")
     return 0
