@@ -13,8 +13,9 @@ checks compare against.
 **7 or 8 activation bits.** On x86, torch's dynamic linear quantises activations to 7 bits
 (``reduce_range=True``): AVX2's u8 x s8 multiply-add sums pairs of products into int16, and a full
 8-bit range could saturate it. CPUs with VNNI or AMX accumulate int8 products straight into int32,
-so the 8th bit is free there; ``full_range=True`` uses it (half the activation rounding error; on
-the course checkpoint it lifts greedy CheXpert-label agreement with fp32 from 98.9 % to 99.2 %).
+so the 8th bit is free there. ``full_range=True`` uses it: half the activation step, about 0.7x
+the output error of a 128-wide layer, and on the course checkpoint greedy CheXpert-label agreement
+with fp32 rises from 98.9 % to 99.2 %.
 """
 
 from __future__ import annotations
